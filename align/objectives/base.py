@@ -1,0 +1,63 @@
+"""The objective API: `Objective(init, prepare, loss)` plus what data and models it needs.
+
+Dimension letters: B batch, T tokens.
+
+An objective never touches devices or meshes. `loss` returns sums and their global
+denominator so the train step can normalise once, over the whole global batch and all
+accumulation microbatches; metrics are (numerator, denominator) pairs reduced the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+DATA_KINDS = ("sft", "pairs", "lists", "prompts")
+
+
+class LossOut(NamedTuple):
+    """A loss as a sum over the batch with its normaliser, and metrics as ratio parts."""
+
+    loss_sum: jax.Array
+    weight: jax.Array
+    metrics: Mapping[str, tuple[jax.Array, jax.Array]]
+
+
+class Objective(NamedTuple):
+    """What a config names: pure pieces closed over their settings with functools.partial.
+
+    init() -> objective state (a pytree, checkpointed with the train state; {} if none).
+    prepare(model, batch, obj_state, *, rng) -> batch with everything outside the gradient
+        added (reference log-probs, samples, scores, advantages).
+    loss(model, batch, obj_state, *, rng) -> LossOut, differentiable in the model's params.
+    update_state(obj_state, metrics) -> obj_state after a step (e.g. an adaptive KL coefficient).
+    """
+
+    name: str
+    data: str
+    init: Callable[[], Any]
+    prepare: Callable[..., Mapping[str, Any]]
+    loss: Callable[..., LossOut]
+    update_state: Callable[[Any, Mapping[str, jax.Array]], Any]
+    needs: tuple[str, ...] = ()
+
+
+def no_state() -> dict:
+    return {}
+
+
+def no_prepare(model, batch, obj_state, *, rng):
+    del model, obj_state, rng
+    return batch
+
+
+def keep_state(obj_state, metrics):
+    del metrics
+    return obj_state
+
+
+def ratio(num: jax.Array, den: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A metric part in fp32."""
+    return jnp.asarray(num, jnp.float32), jnp.asarray(den, jnp.float32)

@@ -1,0 +1,224 @@
+"""Metric writers: JSON lines and TensorBoard in the workdir, and a progress bar.
+
+Dimension letters: none (metrics are scalars).
+
+`workdir/metrics.jsonl` holds one JSON object per write, `{"step": 10, "train/loss": 2.3}`;
+non-finite values are the strings "nan", "inf", "-inf" so every line stays valid JSON.
+Only the primary process writes. On resume, lines after the resumed step are dropped
+(`MetricWriter.truncate_after`) and TensorBoard is told to purge them too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import Any, Mapping, TextIO
+
+import numpy as np
+import tensorboardX
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def _to_float(name: str, value: Any) -> float:
+    """Python, NumPy or JAX scalar (or one-element array) -> float."""
+    try:
+        array = np.asarray(value)
+    except Exception as e:  # e.g. a jax array still being computed on a dead device
+        raise ValueError(f"metric {name!r}: cannot read value {value!r}: {e}") from e
+    if array.size != 1 or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"metric {name!r} must be a number or one-element array, got "
+                         f"{type(value).__name__} with shape {array.shape} and dtype {array.dtype}")
+    return float(array.reshape(()))
+
+
+def _json_number(x: float) -> float | str:
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _atomic_write(path: str, text: str) -> None:
+    # A run killed mid-rewrite keeps the old file: write a sibling, then rename over.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _read_records(path: str) -> list[dict]:
+    """Parses a metrics file; a broken last line (a run killed mid-write) is skipped."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    # A complete file ends with "\n", so the final split piece is "" unless a write was cut.
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i + 1}: not a JSON line ({e}): {line[:80]!r}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {line[:80]!r}")
+        records.append(record)
+    return records
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """All records of workdir/metrics.jsonl, with "nan"/"inf"/"-inf" turned back into floats."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    return [{k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in r.items()}
+            for r in _read_records(path)]
+
+
+def truncate_after(workdir: str, step: int) -> int:
+    """Drops metric lines with step > `step` (atomic rewrite); returns how many were dropped."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return 0
+    records = _read_records(path)
+    kept = [r for r in records if r.get("step", -1) <= step]
+    with open(path) as f:
+        clean = f.read().endswith("\n") or os.path.getsize(path) == 0
+    if len(kept) == len(records) and clean:
+        return 0
+    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return len(records) - len(kept)
+
+
+class MetricWriter:
+    """Appends scalars to workdir/metrics.jsonl and TensorBoard; a no-op off the primary process."""
+
+    def __init__(self, workdir: str, *, is_primary: bool = True, resume_step: int | None = None):
+        """`resume_step`: drop what an earlier run logged after this step (jsonl and TensorBoard)."""
+        self.workdir = workdir
+        self.is_primary = is_primary
+        self._file: TextIO | None = None
+        self._tb = None
+        self._purge_step: int | None = None
+        if not is_primary:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        if resume_step is not None:
+            self.truncate_after(resume_step)
+
+    def truncate_after(self, step: int) -> int:
+        """At resume: drops jsonl lines after `step` and hides later TensorBoard events."""
+        if not self.is_primary:
+            return 0
+        # Both files are reopened on the next write: the jsonl file is replaced under us, and
+        # TensorBoard is told, through purge_step, to hide earlier events at steps > `step`.
+        self.close()
+        self._purge_step = int(step) + 1
+        return truncate_after(self.workdir, step)
+
+    def _tb_writer(self) -> tensorboardX.SummaryWriter:
+        if self._tb is None:
+            self._tb = tensorboardX.SummaryWriter(
+                os.path.join(self.workdir, TB_DIR), purge_step=self._purge_step, flush_secs=30)
+            self._purge_step = None
+        return self._tb
+
+    def _append(self, record: Mapping[str, Any]) -> None:
+        if self._file is None:
+            # Opened on first write, so truncate_after may run any time before it. A line cut
+            # by a killed run is dropped first, or our next line would be glued onto it.
+            truncate_after(self.workdir, sys.maxsize)
+            self._file = open(os.path.join(self.workdir, METRICS_FILE), "a")
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.flush()
+
+    def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "train") -> None:
+        """One JSON line {"step": step, "prefix/name": value, ...} and one scalar per metric."""
+        if not self.is_primary:
+            return
+        step = int(step)
+        values = {(f"{prefix}/{k}" if prefix else k): _to_float(k, v) for k, v in metrics.items()}
+        self._append({"step": step, **{k: _json_number(v) for k, v in values.items()}})
+        for tag, value in values.items():
+            self._tb_writer().add_scalar(tag, value, step)
+
+    def write_text(self, step: int, name: str, text: str) -> None:
+        """Text (e.g. samples) as a TensorBoard text summary and a JSON line {"step", name: text}."""
+        if not self.is_primary:
+            return
+        self._append({"step": int(step), name: str(text)})
+        self._tb_writer().add_text(name, str(text), int(step))
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _short(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.4g}"
+
+
+class Progress:
+    """A tqdm bar with step, loss and tokens/s; silent unless enabled and the stream is a TTY."""
+
+    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True,
+                 file: TextIO | None = None):
+        stream = sys.stderr if file is None else file
+        is_tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._bar = None
+        if enabled and is_tty:
+            self._bar = tqdm.tqdm(total=total, initial=initial, file=stream, unit="step",
+                                  dynamic_ncols=True, smoothing=0.1)
+
+    @property
+    def enabled(self) -> bool:
+        return self._bar is not None
+
+    def update(self, step: int, *, loss: float, tokens_per_s: float, **extra: float) -> None:
+        """Moves the bar to `step` and shows the latest loss, throughput and any extras."""
+        if self._bar is None:
+            return
+        self._bar.update(int(step) - self._bar.n)
+        postfix = {"loss": f"{float(loss):.4f}", "tok/s": _short(float(tokens_per_s))}
+        postfix.update({k: _short(float(v)) for k, v in extra.items()})
+        self._bar.set_postfix(postfix, refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,108 @@
+"""Train state: created already sharded, and the model as (graphdef, pure params).
+
+The state is a plain dict pytree {"step", "params", "opt_state", "rng", "objective"} so
+optax, orbax and jit shardings all see ordinary nested dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from align import mesh as mesh_lib
+
+Names = tuple  # logical axis names of one array, e.g. ("embed", "mlp")
+
+
+class ModelDef(NamedTuple):
+    """A model without its values: the graph, abstract params and their logical axis names."""
+
+    graphdef: Any
+    abstract_params: Any  # nested dict of jax.ShapeDtypeStruct
+    names: Any  # nested dict of logical-name tuples, same structure
+    template: Any  # abstract nnx.State used to rebuild modules from pure dicts
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def describe(make_fn: Callable[[nnx.Rngs], nnx.Module]) -> ModelDef:
+    """Abstract description of the module `make_fn` builds (nothing is allocated)."""
+    abstract = nnx.eval_shape(lambda: make_fn(nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract, nnx.Param)
+    rest = nnx.state(abstract, nnx.Not(nnx.Param))
+    if jax.tree.leaves(rest):
+        raise ValueError("models must hold only nnx.Param variables at rest; found "
+                         f"{jax.tree.structure(rest)}")
+
+    def names_of(v):
+        names = v.get_metadata().get("out_sharding")
+        if names is None or len(names) != v.value.ndim:
+            raise ValueError(f"parameter of shape {v.value.shape} lacks logical axis names "
+                             f"(got {names!r})")
+        return tuple(names)
+
+    names = nnx.to_pure_dict(jax.tree.map(names_of, state, is_leaf=_is_var))
+    return ModelDef(graphdef, nnx.to_pure_dict(state), names, state)
+
+
+def bind(model_def: ModelDef, params) -> nnx.Module:
+    """The module with the given pure-dict params (cheap inside jit: tracing only)."""
+    state = jax.tree.map(lambda x: x, model_def.template, is_leaf=_is_var)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(model_def.graphdef, state)
+
+
+def init_params_fn(make_fn: Callable[[nnx.Rngs], nnx.Module]):
+    """key -> pure-dict params of a freshly initialised model."""
+
+    def init(key):
+        model = make_fn(nnx.Rngs(params=key))
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    return init
+
+
+def state_shardings(abstract_state, model_def: ModelDef, optimizer, mesh, rules):
+    """Shardings for the whole state: params by logical names, optimizer moments alike."""
+    param_sh = mesh_lib.tree_shardings(model_def.abstract_params, model_def.names, rules, mesh)
+    repl = mesh_lib.replicated(mesh)
+    opt_sh = optax.tree_map_params(
+        optimizer, lambda _, sh: sh, abstract_state["opt_state"], param_sh,
+        transform_non_params=lambda _: repl)
+    return {
+        "step": repl, "params": param_sh, "opt_state": opt_sh, "rng": repl,
+        "objective": jax.tree.map(lambda _: repl, abstract_state["objective"]),
+    }
+
+
+def create(model_def: ModelDef, make_fn, optimizer, objective, *, seed: int, mesh, rules):
+    """(abstract_state, shardings, init_fn): init_fn() returns the state, already sharded."""
+    root = jax.random.key(seed)
+    params_key, train_key = jax.random.split(root)
+    init_params = init_params_fn(make_fn)
+
+    def init_state():
+        params = init_params(params_key)
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": optimizer.init(params),
+            "rng": jax.random.key_data(train_key),
+            "objective": objective.init(),
+        }
+
+    abstract = jax.eval_shape(init_state)
+    shardings = state_shardings(abstract, model_def, optimizer, mesh, rules)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return abstract, shardings, jax.jit(init_state, out_shardings=shardings)
+
+
+def num_params(params) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -1,0 +1,43 @@
+"""Config fragments that experiment configs compose: model sizes, data sources, objectives."""
+
+from __future__ import annotations
+
+from align import config as config_lib
+
+# name -> (d_model, n_layers, n_heads, n_kv_heads, d_ff)
+MODEL_SIZES = {
+    "tiny": (64, 2, 4, 2, 192),  # ~0.1M parameters with a 256-piece vocabulary
+    "small": (128, 4, 4, 2, 384),  # ~0.8M
+    "10m": (320, 8, 8, 4, 896),  # ~10M
+    "50m": (512, 12, 8, 4, 1536),  # ~40M + embeddings
+    "1b": (2048, 16, 16, 8, 5632),  # ~0.9B with a 32k vocabulary
+    "7b": (4096, 32, 32, 32, 11008),  # LLaMA-7B shape
+}
+
+
+def base():
+    """Every known key with its default (the schema), ready to be edited."""
+    return config_lib.default_config()
+
+
+def model(cfg, size: str, **overrides):
+    """Sets the model section to a named size."""
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; valid: {', '.join(MODEL_SIZES)}")
+    d, n_layers, n_heads, n_kv, d_ff = MODEL_SIZES[size]
+    cfg.model.update(d_model=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, d_ff=d_ff)
+    cfg.model.update(**overrides)
+    return cfg
+
+
+def reviews_data(cfg, **overrides):
+    """The embedded synthetic world of product reviews (no downloads)."""
+    cfg.data.source = "reviews"
+    cfg.data.update(**overrides)
+    return cfg
+
+
+def objective(cfg, name: str, **settings):
+    """Names the objective and sets its own keys."""
+    cfg.objective = config_lib.objective_config(name, **settings)
+    return cfg
