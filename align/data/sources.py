@@ -5,7 +5,6 @@ Process 0 trains the tokenizer and builds the datasets; the other processes wait
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, NamedTuple
 
@@ -57,21 +56,22 @@ def prepare(cfg, workdir: str) -> RunData:
     if cfg.data.source == "reviews":
         world = make_world(cfg)
         world_s, labeler_s = world_settings(cfg)
-        sizes = {"train": int(cfg.data.num_train), "test": int(cfg.data.num_test),
-                 "prompts": int(cfg.data.num_prompts)}
+        sizes = {"train": int(cfg.data.num_train), "test": int(cfg.data.num_test)}
+        prompt_sizes = {"train": int(cfg.data.num_prompts), "test": int(cfg.data.num_test)}
         tok_path = cfg.data.tokenizer_path or os.path.join(ddir, "tokenizer.model")
         if primary:
             os.makedirs(ddir, exist_ok=True)
             get_or_train_tokenizer(
-                tok_path, lambda: world.corpus(max(2000, min(20000, sizes["train"]))),
+                tok_path, lambda: world.corpus(min(20000, max(2000, sizes["train"]))),
                 vocab_size=int(cfg.data.vocab_size), model_type=cfg.data.tokenizer_type)
             builders.build_reviews("sft", ddir, world=world_s, labeler=labeler_s, sizes=sizes)
-            builders.build_reviews("prompts", ddir, world=world_s, labeler=labeler_s, sizes=sizes)
+            builders.build_reviews("prompts", ddir, world=world_s, labeler=labeler_s,
+                                   sizes=prompt_sizes)
         _barrier("align-data")
         tokenizer = Tokenizer.load(tok_path)
         sft = builders.build_reviews("sft", ddir, world=world_s, labeler=labeler_s, sizes=sizes)
         prompts = builders.build_reviews("prompts", ddir, world=world_s, labeler=labeler_s,
-                                         sizes=sizes)
+                                         sizes=prompt_sizes)
         return RunData(tokenizer, world, sft, prompts)
     if not cfg.data.tfds_name:
         raise ValueError("data.source='tfds' needs data.tfds_name (a prepared array_record dataset)")
