@@ -77,7 +77,7 @@ def default_config() -> ConfigDict:
         batch_size=32,  # global, over all processes
         eval_batch_size=64,
         tokenizer_path="",  # "" = train one into the workdir
-        vocab_size=256, tokenizer_type="unigram",
+        vocab_size=128, tokenizer_type="unigram",
         pad_id=-1,  # -1 = the tokenizer's pad id
         num_train=20000, num_test=512, num_prompts=512))
     c.task = ConfigDict(dict(

@@ -6,7 +6,7 @@ from align import config as config_lib
 
 # name -> (d_model, n_layers, n_heads, n_kv_heads, d_ff)
 MODEL_SIZES = {
-    "tiny": (64, 2, 4, 2, 192),  # ~0.1M parameters with a 256-piece vocabulary
+    "tiny": (64, 2, 4, 2, 192),  # ~0.1M parameters
     "small": (128, 4, 4, 2, 384),  # ~0.8M
     "10m": (320, 8, 8, 4, 896),  # ~10M
     "50m": (512, 12, 8, 4, 1536),  # ~40M + embeddings

@@ -12,7 +12,7 @@ def get_config(arg=None):
     args = config_lib.parse_config_arg(arg, defaults={"size": "small", "steps": 400})
     cfg = common.base()
     common.model(cfg, args["size"], max_len=64)
-    common.reviews_data(cfg, max_len=64, max_prompt_len=16, batch_size=32, vocab_size=256,
+    common.reviews_data(cfg, max_len=64, max_prompt_len=16, batch_size=32, vocab_size=128,
                         num_train=20000, num_test=512, num_prompts=512)
     common.objective(cfg, "sft")
     cfg.train.steps = args["steps"]

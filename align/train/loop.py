@@ -53,10 +53,10 @@ def _per_process(global_batch: int, divisor: int, what: str) -> int:
 class Trainer:
     """Everything one run needs, built from a validated config."""
 
-    def __init__(self, cfg, workdir: str):
+    def __init__(self, cfg, workdir: str, *, devices=None):
         self.cfg, self.workdir = cfg, workdir
         mesh_lib.initialize_distributed(cfg.distributed)
-        self.mesh = mesh_lib.make_mesh(cfg.mesh)
+        self.mesh = mesh_lib.make_mesh(cfg.mesh, devices)
         self.rules = mesh_lib.logical_rules(cfg.mesh.rules)
         self.data = sources.prepare(cfg, workdir)
         tok = self.data.tokenizer
@@ -156,10 +156,8 @@ class Trainer:
         if self._sample_fn is None:
             self._sample_fn = jax.jit(functools.partial(
                 _sample, model_def=self.model_def, max_new_tokens=e.max_new_tokens,
-                temperature=e.temperature, top_k=e.top_k, eos_id=self.data.tokenizer.eos_id,
-                pad_id=self.pad_id))
-        key = jax.random.fold_in(jax.random.key(self.cfg.seed + 1), step)
-        out = _gather(self._sample_fn(state["params"], gbatch, key))
+                temperature=e.temperature, top_k=e.top_k, eos_id=self.data.tokenizer.eos_id))
+        out = _gather(self._sample_fn(state["params"], gbatch, state["rng"], step))
         completions = [self.data.tokenizer.decode(_cut(t, m)) for t, m in
                        zip(out["tokens"], out["mask"])]
         result = {"prompts": prompts, "completions": completions,
@@ -267,13 +265,14 @@ def _make_transformer(model_cfg, rngs):
     return transformer.Transformer(model_cfg, rngs=rngs)
 
 
-def _sample(params, batch, key, *, model_def, max_new_tokens, temperature, top_k, eos_id,
-            pad_id):
-    model = state_lib.bind(model_def, params)
-    return sampling.sample(
-        model, batch["prompt_tokens"], batch["prompt_mask"], rng=key,
-        example_ids_B=batch["example_id"], max_new_tokens=max_new_tokens,
-        temperature=temperature, top_k=top_k, eos_id=eos_id, pad_id=pad_id)
+def _sample(params, batch, key_data, step, *, model_def, max_new_tokens, temperature, top_k, eos_id):
+    key = jax.random.fold_in(step_lib.stream_key(key_data, "sample"), step)
+    policy = sampling.model_policy(state_lib.bind(model_def, params))
+    out = sampling.sample(
+        policy, batch["prompt_tokens"], batch["prompt_mask"], example_ids_B=batch["example_id"],
+        rng=key, max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
+        top_k=top_k)
+    return {"tokens": out["tokens_BxN"], "mask": out["mask_BxN"]}
 
 
 def _gather(tree):

@@ -17,6 +17,14 @@ from align.objectives.base import LossOut, Objective
 from align.train import state as state_lib
 
 
+STREAMS = ("train", "eval", "sample")
+
+
+def stream_key(key_data, name: str):
+    """A named random stream from the state's root key (streams never share keys)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(key_data), STREAMS.index(name))
+
+
 def _microbatches(batch: Mapping[str, jax.Array], accum: int) -> dict[str, jax.Array]:
     """[B, ...] -> [A, M, ...] taking rows a, a+A, a+2A, ... so each device feeds every microbatch."""
 
@@ -73,7 +81,7 @@ def _accumulated_loss(model_def, objective: Objective, params, batch, obj_state,
 
 def train_step(state, batch, *, model_def, objective: Objective, optimizer, lr_fn, accum: int):
     """One optimizer step; a non-finite loss or gradient leaves the state unchanged."""
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+    rng = jax.random.fold_in(stream_key(state["rng"], "train"), state["step"])
     prep_rng, loss_rng = jax.random.split(rng)
     params = state["params"]
     frozen = state_lib.bind(model_def, jax.lax.stop_gradient(params))
@@ -105,7 +113,7 @@ def train_step(state, batch, *, model_def, objective: Objective, optimizer, lr_f
 
 def eval_step(state, batch, *, model_def, objective: Objective, accum: int = 1):
     """Held-out loss and metric parts (sums, so several batches combine exactly)."""
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), -1)
+    rng = stream_key(state["rng"], "eval")
     model = state_lib.bind(model_def, state["params"])
     batch = objective.prepare(model, batch, state["objective"], rng=rng)
     loss_sum, weight, parts, _ = _accumulated_loss(

@@ -1,0 +1,154 @@
+"""End-to-end training: sharded equals single-device, kill-and-resume, NaN stop, corrupt fallback."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from align import config as config_lib
+from align.train import checkpoint as ckpt_lib
+from align.train import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICK = "configs/quickstart.py:size=tiny,steps=6"
+SMALL_DATA = ["--config.data.num_train=512", "--config.data.num_test=64",
+              "--config.data.num_prompts=64", "--config.data.batch_size=16",
+              "--config.data.eval_batch_size=16", "--config.eval.num_samples=8",
+              "--config.eval.max_new_tokens=8", "--config.eval.num_batches=1",
+              "--config.train.progress=False"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def _cfg(data_dir, *overrides):
+    return config_lib.resolve(
+        os.path.join(ROOT, QUICK), SMALL_DATA + [f"--config.data.data_dir={data_dir}",
+                                                 *overrides])
+
+
+def _params(state):
+    return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+def test_sharded_training_equals_single_device(shape, data_dir, tmp_path):
+    """After 4 SFT steps (2 accumulation microbatches each), losses and params agree to 1e-5."""
+    results = {}
+    for name, mesh_shape in (("single", (1, 1, 1)), ("sharded", shape)):
+        cfg = _cfg(data_dir, f"--config.mesh.data={mesh_shape[0]}",
+                   f"--config.mesh.fsdp={mesh_shape[1]}", f"--config.mesh.tensor={mesh_shape[2]}",
+                   "--config.optim.accum_steps=2")
+        devices = jax.devices()[:int(np.prod(mesh_shape))]
+        trainer = loop.Trainer(cfg, str(tmp_path / name), devices=devices)
+        state = trainer.init_fn()
+        it = trainer.train_iterator()
+        losses = []
+        for _ in range(4):
+            state, metrics = trainer.train_step(state, next(it))
+            losses.append(float(metrics["loss"]))
+        if name == "sharded" and shape[1] * shape[2] > 1:
+            specs = {str(x.sharding.spec) for x in jax.tree.leaves(state["params"])}
+            assert any(s != "PartitionSpec()" and "None, None" not in s for s in specs), specs
+        results[name] = (losses, _params(state))
+        trainer.close()
+    np.testing.assert_allclose(results["sharded"][0], results["single"][0], rtol=1e-5, atol=1e-5)
+    for a, b in zip(results["sharded"][1], results["single"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert results["single"][0][-1] < results["single"][0][0]
+
+
+def _run_main(workdir, data_dir, *extra, wait=True):
+    cmd = [sys.executable, "-m", "align.main", "--config", QUICK.replace("steps=6", "steps=24"),
+           "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+           "--config.train.checkpoint_every=3", "--config.train.eval_every=0", *SMALL_DATA,
+           *extra]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    if wait:
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _final_params(workdir, data_dir):
+    cfg = config_lib.config_from_json(os.path.join(workdir, "config.json"))
+    trainer = loop.Trainer(cfg, str(workdir), devices=jax.devices()[:2])
+    state, _, step = trainer.checkpointer.restore(trainer.abstract)
+    trainer.close()
+    return step, _params(state)
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(data_dir, tmp_path):
+    # Builds the data once so both runs start on equal footing.
+    ref = _run_main(tmp_path / "ref", data_dir)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    proc = _run_main(killed_dir, data_dir, wait=False)
+    ckpts = killed_dir / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        steps = [int(p) for p in os.listdir(ckpts) if p.isdigit()] if ckpts.exists() else []
+        if steps and max(steps) >= 6:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = [int(p) for p in os.listdir(ckpts) if p.isdigit()]
+    assert 0 < max(done) < 24
+
+    resumed = _run_main(killed_dir, data_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from the checkpoint of step" in resumed.stdout
+
+    step_ref, params_ref = _final_params(tmp_path / "ref", data_dir)
+    step_res, params_res = _final_params(killed_dir, data_dir)
+    assert step_ref == step_res == 24
+    for a, b in zip(params_ref, params_res):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    cfg = _cfg(data_dir, "--config.optim.lr=1e30", "--config.optim.warmup_steps=0",
+               "--config.optim.grad_clip=0.0", "--config.train.checkpoint_every=1",
+               "--config.train.eval_every=0")
+    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:2])
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss .* at step \d+"):
+        trainer.train()
+    last_good = trainer.checkpointer.latest_step()
+    trainer.close()
+    assert last_good is not None and last_good >= 1
+    with ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+        state, _, step = ckpt.restore(trainer.abstract)
+    assert step == last_good
+    assert all(np.isfinite(x).all() for x in _params(state))
+
+
+def test_corrupt_latest_checkpoint_falls_back_on_resume(data_dir, tmp_path, caplog):
+    cfg = _cfg(data_dir, "--config.train.checkpoint_every=2", "--config.train.eval_every=0")
+    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:2])
+    trainer.train()
+    trainer.close()
+    latest = tmp_path / "checkpoints" / "6"
+    for root, _, files in os.walk(latest):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:2])
+    with caplog.at_level("WARNING"):
+        state, step = trainer.restore_or_init(trainer.train_iterator())
+    trainer.close()
+    assert step == 4
+    assert "checkpoint step 6" in caplog.text and "unreadable" in caplog.text
