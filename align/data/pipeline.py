@@ -248,11 +248,13 @@ def make_batches(source: Sequence[Any], example_fn: Callable[[int, Any], dict], 
                  drop_remainder: bool = True, process_index: int | None = None,
                  process_count: int | None = None, num_threads: int = 2,
                  prefetch: int = 4) -> grain.DatasetIterator:
-    """Checkpointable iterator of batches of `example_fn(record_index, record)` over this process's shard.
+    """Checkpointable iterator of this process's rows of each global batch of `example_fn(index, record)`.
 
-    Records are split into `process_count` equal contiguous shards (the remainder is
-    dropped so every process yields the same number of batches). `num_epochs=None`
-    repeats forever, reshuffling each epoch from `seed`.
+    One global order of records (shuffled from `seed`, reshuffled each epoch when
+    `num_epochs=None` repeats forever) is cut into global batches of
+    `batch_size * process_count` rows; process p takes every process_count-th record of it.
+    So the examples in global batch k do not depend on how many processes share the work,
+    and a run on several hosts sees the same data as a run on one.
     """
     if process_index is None:
         process_index = jax.process_index()
@@ -275,14 +277,17 @@ def make_batches(source: Sequence[Any], example_fn: Callable[[int, Any], dict], 
             f"batch_size {batch_size}: no batch would be produced")
 
     ds = grain.MapDataset.source(source)
-    # Map before slicing and shuffling so the index seen is the record's index in `source`;
+    # Map before shuffling so the index seen is the record's index in `source`;
     # grain hands later epochs `epoch * len(source) + index`, hence the modulo.
     ds = ds.map_with_index(functools.partial(_with_record_index, example_fn, len(source)))
-    ds = ds[process_index * shard:(process_index + 1) * shard]
     if shuffle:
         ds = ds.shuffle(seed=seed)
     if num_epochs != 1:
         ds = ds.repeat(num_epochs)
+    if num_epochs is not None:
+        # Equal shares, so every process yields the same number of batches.
+        ds = ds[:len(ds) - len(ds) % process_count]
+    ds = ds[process_index::process_count]
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=stack_examples)
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(ds.to_iter_dataset(read_options))

@@ -1,0 +1,155 @@
+"""Train-step throughput: tokens/s, model FLOPs utilisation and peak memory for three model sizes.
+
+    python experiments/throughput/run.py                     # ~1M, ~10M, ~50M on this machine
+    python experiments/throughput/run.py --sizes 10m --batch 16 --seq 512 --dtype bfloat16
+
+MFU = (training FLOPs per token x tokens per second) / the matmul peak measured here, in the
+same dtype, with the same jit (so it is relative to what this machine's XLA can reach, not a
+datasheet). The step is the real SFT train step (AdamW, clipping, donated state).
+Dimension letters: B batch, T tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from align import mesh as mesh_lib
+from align import objectives
+from align import config as config_lib
+from align.models import transformer
+from align.train import optim
+from align.train import state as state_lib
+from align.train import step as step_lib
+
+# name -> (d_model, n_layers, n_heads, n_kv_heads, d_ff, vocab)
+SIZES = {
+    "1m": (128, 4, 4, 2, 384, 4096),
+    "10m": (320, 8, 8, 4, 896, 8192),
+    "50m": (512, 12, 8, 4, 1536, 32000),
+}
+
+
+def matmul_peak(dtype: str, n: int = 2048, repeats: int = 10) -> float:
+    """Best FLOP/s of an n x n x n matmul on the default device."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+    """Device peak if the backend reports it, else this process's peak resident memory."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int,
+          chunk_size: int, peak: float) -> dict:
+    d, n_layers, n_heads, n_kv, d_ff, vocab = SIZES[size]
+    cfg = transformer.TransformerConfig(
+        vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
+        d_ff=d_ff, max_len=seq, dtype=dtype, remat=remat, scan_layers=n_layers > 4)
+    make_fn = functools.partial(lambda c, rngs: transformer.Transformer(c, rngs=rngs), cfg)
+    model_def = state_lib.describe(make_fn)
+    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    rules = mesh_lib.logical_rules(config_lib.default_config().mesh.rules)
+    optim_cfg = config_lib.default_config().optim
+    optimizer, lr_fn = optim.make(optim_cfg, 1000,
+                                  decay_mask=optim.decay_mask_from_names(model_def.names))
+    objective = objectives.make(config_lib.objective_config("sft"), chunk_size=chunk_size)
+    _, shardings, init_fn = state_lib.create(model_def, make_fn, optimizer, objective, seed=0,
+                                            mesh=mesh, rules=rules)
+    state = init_fn()
+    rng = np.random.default_rng(0)
+    host = {
+        "tokens": rng.integers(4, vocab, (batch, seq)).astype(np.int32),
+        "input_mask": np.ones((batch, seq), np.int32),
+        "loss_mask": np.ones((batch, seq), np.int32),
+    }
+    gbatch = mesh_lib.to_global(host, mesh, rules)
+    step_fn = step_lib.jit_train_step(
+        shardings, step_lib.batch_shardings(gbatch, mesh, rules), mesh, model_def=model_def,
+        objective=objective, optimizer=optimizer, lr_fn=lr_fn, accum=1)
+    t0 = time.perf_counter()
+    state, metrics = step_fn(state, gbatch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, metrics = step_fn(state, gbatch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t)
+    step_s = float(np.median(times))
+    tokens_per_s = batch * seq / step_s
+    flops = transformer.flops_per_token(cfg, seq)
+    mem, mem_kind = peak_memory_bytes()
+    return {
+        "size": size, "params": transformer.num_params(cfg), "batch": batch, "seq": seq,
+        "dtype": dtype, "remat": remat, "step_s": step_s, "compile_s": compile_s,
+        "tokens_per_s": tokens_per_s, "model_tflops_per_s": flops * tokens_per_s / 1e12,
+        "mfu": flops * tokens_per_s / peak, "peak_memory_gib": mem / 2 ** 30,
+        "memory_kind": mem_kind, "loss": float(metrics["loss"]),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="1m,10m,50m")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+    p.add_argument("--steps", type=int, default=5, help="timed steps after the compiling one")
+    p.add_argument("--chunk_size", type=int, default=0, help="log-prob chunk over tokens")
+    p.add_argument("--out", default="", help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    for s in sizes:
+        if s not in SIZES:
+            p.error(f"unknown size {s!r}; valid: {', '.join(SIZES)}")
+    device = jax.devices()[0]
+    peak = matmul_peak(args.dtype)
+    print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
+          f"measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s", flush=True)
+    rows = []
+    for s in sizes:
+        r = bench(s, batch=args.batch, seq=args.seq, dtype=args.dtype, remat=args.remat,
+                  steps=args.steps, chunk_size=args.chunk_size, peak=peak)
+        rows.append(r)
+        print(json.dumps(r), file=sys.stderr, flush=True)
+    header = "| size | params | batch x seq | step (s) | tokens/s | model TFLOP/s | MFU | peak memory |"
+    print(header)
+    print("|" + "---|" * 8)
+    for r in rows:
+        print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['batch']}x{r['seq']} | "
+              f"{r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['model_tflops_per_s']:.3f} | "
+              f"{100 * r['mfu']:.1f}% | {r['peak_memory_gib']:.2f} GiB ({r['memory_kind']}) |")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"device": device.device_kind, "peak_flops": peak, "rows": rows}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
