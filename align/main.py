@@ -32,11 +32,14 @@ def report(cfg, trainer, result) -> str:
     ev = result["eval"]
     lines = [f"# Run report ({cfg.objective.name}, {result['step']} steps)", "",
              f"- held-out loss (nll per token): {ev['loss']:.4f}"]
-    demos = trainer.demo_gold
+    demo, demo_se = trainer.demo_gold
     if "sample_gold_reward" in ev:
-        lines.append(f"- gold reward of samples: {ev['sample_gold_reward']:+.4f} "
-                     f"(demonstrations: {demos:+.4f}; the untrained policy: "
-                     f"{trainer.initial_gold:+.4f})")
+        n = len(trainer.last_samples.get("completions", []))
+        lines += [
+            f"- gold reward of {n} samples: {ev['sample_gold_reward']:+.3f} "
+            f"± {1.96 * ev['sample_gold_reward_se']:.3f} (95% interval)",
+            f"- gold reward of the held-out demonstrations: {demo:+.3f} ± {1.96 * demo_se:.3f}",
+            f"- gold reward of the untrained policy's samples: {trainer.initial_gold:+.3f}"]
     samples = trainer.last_samples
     if samples:
         lines += ["", "Samples (prompt -> completion [gold reward]):", ""]

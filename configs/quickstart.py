@@ -9,7 +9,7 @@ from configs import common
 
 
 def get_config(arg=None):
-    args = config_lib.parse_config_arg(arg, defaults={"size": "small", "steps": 400})
+    args = config_lib.parse_config_arg(arg, defaults={"size": "small", "steps": 600})
     cfg = common.base()
     common.model(cfg, args["size"], max_len=64)
     common.reviews_data(cfg, max_len=64, max_prompt_len=16, batch_size=32, vocab_size=128,
@@ -19,5 +19,5 @@ def get_config(arg=None):
     cfg.train.eval_every = max(args["steps"] // 2, 1)
     cfg.train.checkpoint_every = max(args["steps"] // 4, 1)
     cfg.optim.update(lr=3e-3, warmup_steps=min(50, args["steps"] // 5), weight_decay=0.01)
-    cfg.eval.update(num_samples=64, max_new_tokens=48, temperature=1.0)
+    cfg.eval.update(num_samples=256, max_new_tokens=48, temperature=1.0)
     return cfg

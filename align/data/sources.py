@@ -82,12 +82,10 @@ def prepare(cfg, workdir: str) -> RunData:
     return RunData(tokenizer, None, sft, {})
 
 
-def demo_gold_reward(source) -> float:
-    """Mean gold reward of the demonstrations in a source (NaN if it carries none)."""
+def demo_gold_reward(source) -> tuple[float, float]:
+    """Mean gold reward of the demonstrations in a source and its standard error (NaN if none)."""
     n = len(source)
-    if n == 0:
-        return float("nan")
-    first = source[0]
-    if "gold_reward" not in first:
-        return float("nan")
-    return float(np.mean([float(source[i]["gold_reward"]) for i in range(n)]))
+    if n == 0 or "gold_reward" not in source[0]:
+        return float("nan"), float("nan")
+    gold = np.asarray([float(source[i]["gold_reward"]) for i in range(n)])
+    return float(gold.mean()), float(gold.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")

@@ -171,7 +171,9 @@ class Trainer:
         samples = self.sample(state, step=step)
         self.last_samples = samples
         if "gold" in samples:
-            metrics["sample_gold_reward"] = float(np.mean(samples["gold"]))
+            gold = np.asarray(samples["gold"], np.float64)
+            metrics["sample_gold_reward"] = float(gold.mean())
+            metrics["sample_gold_reward_se"] = float(gold.std(ddof=1) / np.sqrt(len(gold)))
             metrics["sample_length"] = float(np.mean(samples["lengths"]))
         self.writer.write(step, metrics, prefix="eval")
         if samples and self.cfg.eval.show_samples:
@@ -244,8 +246,8 @@ class Trainer:
         return {"step": step, "eval": final}
 
     @property
-    def demo_gold(self) -> float:
-        """Mean gold reward of the held-out demonstrations."""
+    def demo_gold(self) -> tuple[float, float]:
+        """Mean gold reward of the held-out demonstrations and its standard error."""
         return sources.demo_gold_reward(self.data.sft["test"])
 
     @property

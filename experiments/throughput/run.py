@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -121,6 +122,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps after the compiling one")
     p.add_argument("--chunk_size", type=int, default=0, help="log-prob chunk over tokens")
     p.add_argument("--out", default="", help="also write the results as JSON here")
+    p.add_argument("--in_process", action="store_true",
+                   help="measure all sizes in this process (default: one subprocess per size, so "
+                        "each size's peak memory is its own)")
+    p.add_argument("--json_only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     for s in sizes:
@@ -128,13 +133,27 @@ def main(argv=None) -> int:
             p.error(f"unknown size {s!r}; valid: {', '.join(SIZES)}")
     device = jax.devices()[0]
     peak = matmul_peak(args.dtype)
-    print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-          f"measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s", flush=True)
+    if not args.json_only:
+        print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
+              f"measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s", flush=True)
     rows = []
     for s in sizes:
-        r = bench(s, batch=args.batch, seq=args.seq, dtype=args.dtype, remat=args.remat,
-                  steps=args.steps, chunk_size=args.chunk_size, peak=peak)
+        if args.in_process or len(sizes) == 1:
+            r = bench(s, batch=args.batch, seq=args.seq, dtype=args.dtype, remat=args.remat,
+                      steps=args.steps, chunk_size=args.chunk_size, peak=peak)
+        else:
+            cmd = [sys.executable, os.path.abspath(__file__), "--sizes", s, "--in_process",
+                   "--json_only"] + [f"--{k}={v}" for k, v in (
+                       ("batch", args.batch), ("seq", args.seq), ("dtype", args.dtype),
+                       ("remat", args.remat), ("steps", args.steps),
+                       ("chunk_size", args.chunk_size))]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            r = json.loads(out.strip().splitlines()[-1])
+            r["mfu"] = r["model_tflops_per_s"] * 1e12 / peak  # against this process's peak
         rows.append(r)
+        if args.json_only:
+            print(json.dumps(r), flush=True)
+            return 0
         print(json.dumps(r), file=sys.stderr, flush=True)
     header = "| size | params | batch x seq | step (s) | tokens/s | model TFLOP/s | MFU | peak memory |"
     print(header)
