@@ -23,11 +23,12 @@ import math
 import os
 import pkgutil
 import sys
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import ml_collections
 import numpy as np
+
+from align import atomic
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -539,29 +540,14 @@ def _flat(values: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _atomic_write(path: str, text: str) -> None:
-    # A killed run never leaves a half-written file: write a sibling, then rename over.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_config(cfg: ConfigDict | Mapping, workdir: str) -> str:
     """Writes workdir/config.json and a readable workdir/config.txt; returns the JSON path."""
     os.makedirs(workdir, exist_ok=True)
     values = config_to_dict(cfg)
     path = os.path.join(workdir, "config.json")
-    _atomic_write(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
+    atomic.write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
     lines = [f"{k} = {v!r}" for k, v in sorted(_flat(values).items())]
-    _atomic_write(os.path.join(workdir, "config.txt"), "\n".join(lines) + "\n")
+    atomic.write_text(os.path.join(workdir, "config.txt"), "\n".join(lines) + "\n")
     return path
 
 

@@ -7,7 +7,6 @@ Dimension letters: B batch, T tokens.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any, Mapping, Sequence
 
@@ -17,9 +16,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-
-log = logging.getLogger(__name__)
-
 
 def initialize_distributed(dist_cfg: Mapping[str, Any] | None = None) -> None:
     """Starts `jax.distributed` when the config or the environment asks for several processes."""
@@ -33,13 +29,13 @@ def initialize_distributed(dist_cfg: Mapping[str, Any] | None = None) -> None:
     if address and num > 1:
         if pid < 0:
             raise ValueError(
-                    "distributed.process_id (or ALIGN_PROCESS_ID) must be set when "
-                    f"distributed.num_processes={num} > 1")
+                "distributed.process_id (or ALIGN_PROCESS_ID) must be set when "
+                f"distributed.num_processes={num} > 1")
         jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
     elif num > 1:
         raise ValueError(
-                f"distributed.num_processes={num} but no coordinator address: set "
-                "distributed.coordinator_address (or ALIGN_COORDINATOR)")
+            f"distributed.num_processes={num} but no coordinator address: set "
+            "distributed.coordinator_address (or ALIGN_COORDINATOR)")
     elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES"):
         # Cluster environments (TPU pods, SLURM with JAX variables) are auto-detected by JAX.
         jax.distributed.initialize()
@@ -52,15 +48,16 @@ def mesh_shape(mesh_cfg: Mapping[str, Any], num_devices: int) -> tuple[int, int,
         raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     known = int(np.prod([s for s in sizes if s != -1]))
     if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ValueError(
+            f"mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
     if -1 in sizes:
         if num_devices % known:
             raise ValueError(f"mesh: {num_devices} devices cannot be split with fixed axes {known}")
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
         raise ValueError(
-                f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                f"but {num_devices} are available")
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+            f"but {num_devices} are available")
     return tuple(sizes)
 
 
@@ -70,7 +67,7 @@ def make_mesh(mesh_cfg: Mapping[str, Any], devices: Sequence[jax.Device] | None 
     shape = mesh_shape(mesh_cfg, len(devices))
     # Auto axes: the compiler propagates shardings from the explicit in/out shardings of the step.
     return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
-                                              devices=devices)
+                         devices=devices)
 
 
 def logical_rules(rules_cfg: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
@@ -94,7 +91,7 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], rules, me
     for name, dim in zip(names, shape):
         if name is not None and name not in rules:
             raise ValueError(f"no mesh rule for logical axis {name!r}; add it to mesh.rules "
-                                              f"(known: {sorted(rules)})")
+                             f"(known: {sorted(rules)})")
         axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1)
         size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
         if not axes or dim % size:
@@ -108,9 +105,12 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], rules, me
 def tree_shardings(abstract_tree, names_tree, rules, mesh: Mesh):
     """NamedShardings for a pytree of shapes given a matching pytree of logical-name tuples."""
     return jax.tree.map(
-            lambda a, n: NamedSharding(mesh, logical_to_spec(n, a.shape, rules, mesh)),
-            abstract_tree, names_tree, is_leaf=lambda x: isinstance(x, tuple) and
-            all(isinstance(s, (str, type(None))) for s in x))
+        lambda a, n: NamedSharding(mesh, logical_to_spec(n, a.shape, rules, mesh)),
+        abstract_tree, names_tree, is_leaf=_is_names)
+
+
+def _is_names(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(s, (str, type(None))) for s in x)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -14,12 +14,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from typing import Any, Mapping, TextIO
 
 import numpy as np
 import tensorboardX
 import tqdm
+
+from align import atomic
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -42,21 +43,6 @@ def _json_number(x: float) -> float | str:
     if math.isfinite(x):
         return x
     return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-
-
-def _atomic_write(path: str, text: str) -> None:
-    # A run killed mid-rewrite keeps the old file: write a sibling, then rename over.
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _read_records(path: str) -> list[dict]:
@@ -100,7 +86,7 @@ def truncate_after(workdir: str, step: int) -> int:
         clean = f.read().endswith("\n") or os.path.getsize(path) == 0
     if len(kept) == len(records) and clean:
         return 0
-    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return len(records) - len(kept)
 
 
