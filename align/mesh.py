@@ -7,6 +7,8 @@ Dimension letters: B batch, T tokens.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from typing import Any, Mapping, Sequence
 
@@ -16,6 +18,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
+
+# (mesh, rules) while a step is traced; models pin activation shardings through it.
+_ACTIVATIONS = contextvars.ContextVar("align_activation_sharding", default=None)
 
 def initialize_distributed(dist_cfg: Mapping[str, Any] | None = None) -> None:
     """Starts `jax.distributed` when the config or the environment asks for several processes."""
@@ -139,3 +144,37 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules=None) -> dict[s
             continue  # host-only fields (raw text) never go to devices
         out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, rules, v.ndim), v)
     return out
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+    """Within this context (entered while tracing a step), `constrain` pins activations."""
+    token = _ACTIVATIONS.set((mesh, rules))
+    try:
+        yield
+    finally:
+        _ACTIVATIONS.reset(token)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Pins an activation's sharding by logical names; a no-op outside `activation_sharding`.
+
+    Without it the partitioner may carry a parameter's sharding into the activations (e.g. the
+    embedding's fsdp-split width into the hidden states) and reshard by full replication.
+    """
+    ctx = _ACTIVATIONS.get()
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh, logical_to_spec(names, x.shape, rules, mesh)))
+
+
+def traced_under(fn, mesh: Mesh, rules):
+    """`fn` with `activation_sharding(mesh, rules)` active while it runs (i.e. while jit traces it)."""
+
+    def wrapped(*args, **kwargs):
+        with activation_sharding(mesh, rules):
+            return fn(*args, **kwargs)
+
+    return wrapped

@@ -61,3 +61,13 @@ def test_distributed_settings_are_checked():
                                          "process_id": -1})
     mesh_lib.initialize_distributed({})  # one process: nothing to do
     assert jax.process_count() == 1
+
+
+def test_constrain_pins_activations_only_inside_the_context():
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    x = jax.numpy.ones((8, 4, 6))
+    f = lambda x: mesh_lib.constrain(x * 2, ("batch", None, None))
+    assert jax.jit(f)(x).sharding.is_fully_replicated  # no context: untouched
+    out = jax.jit(mesh_lib.traced_under(f, mesh, RULES))(x)
+    assert out.sharding.spec == P(("data", "fsdp"), None, None)
+    np.testing.assert_array_equal(np.asarray(out), 2 * np.ones((8, 4, 6)))

@@ -14,10 +14,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from align import mesh as mesh_lib
+
 _DTYPES = ("float32", "bfloat16")
 _REMAT = ("none", "full", "dots")
 # A finite "minus infinity": a fully masked softmax row then stays finite instead of NaN.
 _MASKED = -1e30
+# Activations [B, T, D] are split over the batch only; their width stays whole.
+_ACT_BxTxD = ("batch", None, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,7 +321,10 @@ class Transformer(nnx.Module):
         mask_BxTxS = causal_TxS[None] & (key_mask_BxS[:, None, :] | own_TxS[None])
 
         # jnp.take fills out-of-range ids with NaN: a bad token id surfaces as a NaN loss.
-        x_BxTxD = jnp.take(self.embed[...], tokens_BxT, axis=0)
+        # Gather rows from a table whole in its width (an FSDP all-gather), so the looked-up
+        # activations come out split by batch, not by the table's fsdp-split width.
+        table_VxD = mesh_lib.constrain(self.embed[...], ("vocab", None))
+        x_BxTxD = mesh_lib.constrain(jnp.take(table_VxD, tokens_BxT, axis=0), _ACT_BxTxD)
         x_BxTxD, new_k, new_v = self._layers(x_BxTxD, positions_BxT, mask_BxTxS, cache, index)
         hidden_BxTxD = self.final_norm(x_BxTxD)
         if cache is None:
@@ -338,7 +345,7 @@ class Transformer(nnx.Module):
                 params_l, k_l, v_l = layer
                 kv = None if cache is None else (k_l, v_l, index)
                 x, new_kv = apply_fn(graphdef, params_l, x, positions_BxT, mask_BxTxS, kv)
-                return x, new_kv
+                return mesh_lib.constrain(x, _ACT_BxTxD), new_kv
 
             xs = (params, None, None) if cache is None else (params, cache["k"], cache["v"])
             x_BxTxD, new_kv = jax.lax.scan(body, x_BxTxD, xs)
@@ -352,6 +359,7 @@ class Transformer(nnx.Module):
             else:
                 graphdef, params = nnx.split(layer)
                 x_BxTxD, new_kv = apply_fn(graphdef, params, x_BxTxD, positions_BxT, mask_BxTxS, kv)
+            x_BxTxD = mesh_lib.constrain(x_BxTxD, _ACT_BxTxD)
             if new_kv is not None:
                 new_ks.append(new_kv[0])
                 new_vs.append(new_kv[1])

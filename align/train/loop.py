@@ -108,7 +108,7 @@ class Trainer:
         batch_sh = step_lib.batch_shardings(gbatch, self.mesh, self.rules)
         common = dict(model_def=self.model_def, objective=self.objective)
         self._train_step = step_lib.jit_train_step(
-            self.shardings, batch_sh, self.mesh, optimizer=self.optimizer, lr_fn=self.lr_fn,
+            self.shardings, batch_sh, self.mesh, self.rules, optimizer=self.optimizer, lr_fn=self.lr_fn,
             accum=self.cfg.optim.accum_steps, **common)
 
     def train_step(self, state, batch):
@@ -127,7 +127,7 @@ class Trainer:
             if self._eval_step is None:
                 self._eval_step = step_lib.jit_eval_step(
                     self.shardings, step_lib.batch_shardings(gbatch, self.mesh, self.rules),
-                    self.mesh, model_def=self.model_def, objective=self.objective)
+                    self.mesh, self.rules, model_def=self.model_def, objective=self.objective)
             out = jax.device_get(self._eval_step(state, gbatch))
             totals = out if totals is None else jax.tree.map(np.add, totals, out)
         if totals is None:
@@ -154,9 +154,10 @@ class Trainer:
         gbatch = {k: jax.device_put(v, mesh_lib.batch_sharding(self.mesh, self.rules, v.ndim))
                   for k, v in batch.items() if v.dtype != object}
         if self._sample_fn is None:
-            self._sample_fn = jax.jit(functools.partial(
+            self._sample_fn = jax.jit(mesh_lib.traced_under(functools.partial(
                 _sample, model_def=self.model_def, max_new_tokens=e.max_new_tokens,
-                temperature=e.temperature, top_k=e.top_k, eos_id=self.data.tokenizer.eos_id))
+                temperature=e.temperature, top_k=e.top_k, eos_id=self.data.tokenizer.eos_id),
+                self.mesh, self.rules))
         out = _gather(self._sample_fn(state["params"], gbatch, state["rng"], step))
         completions = [self.data.tokenizer.decode(_cut(t, m)) for t, m in
                        zip(out["tokens"], out["mask"])]

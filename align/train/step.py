@@ -125,15 +125,15 @@ def batch_shardings(batch: Mapping[str, Any], mesh, rules) -> dict[str, Any]:
     return {k: mesh_lib.batch_sharding(mesh, rules, jnp.ndim(v)) for k, v in batch.items()}
 
 
-def jit_train_step(state_sh, batch_sh, mesh, **kwargs):
+def jit_train_step(state_sh, batch_sh, mesh, rules, **kwargs):
     """The train step under jit with explicit in/out shardings and the state donated."""
-    return jax.jit(functools.partial(train_step, **kwargs),
+    return jax.jit(mesh_lib.traced_under(functools.partial(train_step, **kwargs), mesh, rules),
                    in_shardings=(state_sh, batch_sh),
                    out_shardings=(state_sh, mesh_lib.replicated(mesh)),
                    donate_argnums=0)
 
 
-def jit_eval_step(state_sh, batch_sh, mesh, **kwargs):
-    return jax.jit(functools.partial(eval_step, **kwargs),
+def jit_eval_step(state_sh, batch_sh, mesh, rules, **kwargs):
+    return jax.jit(mesh_lib.traced_under(functools.partial(eval_step, **kwargs), mesh, rules),
                    in_shardings=(state_sh, batch_sh),
                    out_shardings=mesh_lib.replicated(mesh))

@@ -87,7 +87,7 @@ def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int
     }
     gbatch = mesh_lib.to_global(host, mesh, rules)
     step_fn = step_lib.jit_train_step(
-        shardings, step_lib.batch_shardings(gbatch, mesh, rules), mesh, model_def=model_def,
+        shardings, step_lib.batch_shardings(gbatch, mesh, rules), mesh, rules, model_def=model_def,
         objective=objective, optimizer=optimizer, lr_fn=lr_fn, accum=1)
     t0 = time.perf_counter()
     state, metrics = step_fn(state, gbatch)
