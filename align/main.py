@@ -63,15 +63,25 @@ def main(argv=None) -> int:
     config_lib.write_config(cfg, args.workdir)
     print(config_lib.describe(cfg), flush=True)
 
-    from align.train import loop
-    trainer = loop.Trainer(cfg, args.workdir)
+    from align.train import checkpoint, loop
+    # Problems with the user's input (files, data rows, settings, checkpoints) end the run
+    # with their message; ALIGN_TRACEBACK=1 shows where they were raised.
+    user_errors = (FileNotFoundError, ValueError, checkpoint.CheckpointError)
+    trainer = None
     try:
+        trainer = loop.Trainer(cfg, args.workdir)
         result = trainer.train()
     except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except user_errors as e:
+        if os.environ.get("ALIGN_TRACEBACK"):
+            raise
+        print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
+        return 2
     finally:
-        trainer.close()
+        if trainer is not None:
+            trainer.close()
     text = report(cfg, trainer, result)
     if trainer.primary:
         with open(os.path.join(args.workdir, "report.md"), "w") as f:

@@ -1,0 +1,39 @@
+"""The command line: bad input ends the run with a message naming the problem, before compute."""
+
+import os
+
+import pytest
+
+from align import main as main_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "quickstart.py")
+
+
+def _run(tmp_path, capsys, *args):
+    code = main_lib.main(["--config", CONFIG, "--workdir", str(tmp_path / "w"), *args])
+    return code, capsys.readouterr().err
+
+
+def test_misspelt_override_names_the_key(tmp_path, capsys):
+    code, err = _run(tmp_path, capsys, "--config.optim.learning_rte=3e-4")
+    assert code == 2 and "optim.learning_rte" in err and "did you mean 'optim.lr'" in err
+    assert not os.path.exists(tmp_path / "w")  # nothing written before the config is valid
+
+
+def test_wrong_type_names_the_key_and_types(tmp_path, capsys):
+    code, err = _run(tmp_path, capsys, "--config.train.steps=abc")
+    assert code == 2 and "'train.steps' expects int, got str 'abc'" in err
+
+
+def test_missing_tokenizer_file_is_named(tmp_path, capsys):
+    code, err = _run(tmp_path, capsys, "--config.data.source=tfds", "--config.data.tfds_name=x",
+                     f"--config.data.tokenizer_path={tmp_path}/none.model")
+    assert code == 2 and "tokenizer model not found" in err and "none.model" in err
+
+
+def test_stray_argument_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main_lib.main(["--config", CONFIG, "--workdir", str(tmp_path), "--lr=3"])
+    assert e.value.code == 2
+    assert "--config.optim.lr=3e-4" in capsys.readouterr().err
