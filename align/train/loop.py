@@ -6,13 +6,11 @@ Dimension letters: B batch, P prompt tokens, N new tokens.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from align import mesh as mesh_lib
@@ -72,8 +70,8 @@ class Trainer:
             self.model_def, self.make_fn, self.optimizer, self.objective, seed=cfg.seed,
             mesh=self.mesh, rules=self.rules)
         divisor = mesh_lib.batch_divisor(self.mesh, self.rules)
-        self.batch_size = _per_process(cfg.data.batch_size * 1, divisor, "data.batch_size")
-        if cfg.data.batch_size % (divisor * cfg.optim.accum_steps) and cfg.optim.accum_steps > 1:
+        self.batch_size = _per_process(cfg.data.batch_size, divisor, "data.batch_size")
+        if cfg.data.batch_size % (divisor * cfg.optim.accum_steps):
             raise ValueError(f"data.batch_size={cfg.data.batch_size} must split into "
                              f"optim.accum_steps={cfg.optim.accum_steps} microbatches of a "
                              f"multiple of {divisor} rows")
@@ -104,17 +102,14 @@ class Trainer:
             shuffle=False, num_epochs=1, drop_remainder=True, pad_id=self.pad_id)
 
     # Steps -----------------------------------------------------------------------------------
-    def _jit_steps(self, gbatch):
-        batch_sh = step_lib.batch_shardings(gbatch, self.mesh, self.rules)
-        common = dict(model_def=self.model_def, objective=self.objective)
-        self._train_step = step_lib.jit_train_step(
-            self.shardings, batch_sh, self.mesh, self.rules, optimizer=self.optimizer, lr_fn=self.lr_fn,
-            accum=self.cfg.optim.accum_steps, **common)
-
     def train_step(self, state, batch):
+        """One jitted step on a host batch (compiled on first use)."""
         gbatch = mesh_lib.to_global(batch, self.mesh, self.rules)
         if self._train_step is None:
-            self._jit_steps(gbatch)
+            self._train_step = step_lib.jit_train_step(
+                self.shardings, step_lib.batch_shardings(gbatch, self.mesh, self.rules),
+                self.mesh, self.rules, model_def=self.model_def, objective=self.objective,
+                optimizer=self.optimizer, lr_fn=self.lr_fn, accum=self.cfg.optim.accum_steps)
         return self._train_step(state, gbatch)
 
     def evaluate_loss(self, state) -> dict[str, float]:
@@ -168,7 +163,7 @@ class Trainer:
         return result
 
     def evaluate(self, state, step: int) -> dict[str, float]:
-        metrics = {f"{k}": v for k, v in self.evaluate_loss(state).items()}
+        metrics = self.evaluate_loss(state)
         samples = self.sample(state, step=step)
         self.last_samples = samples
         if "gold" in samples:
@@ -208,15 +203,18 @@ class Trainer:
         elif self.cfg.train.eval_every:
             self.evaluate(state, 0)
         progress = metrics_lib.Progress(total, step, enabled=cfg.train.progress and self.primary)
-        last = time.perf_counter()
-        tokens = 0.0
-        last_saved = step
+        # Throughput counts step time only (data, compute, the metrics fetch), not evaluation
+        # or checkpoint writes.
+        busy, tokens = 0.0, 0.0
         try:
             while step < total:
+                start = time.perf_counter()
                 batch = next(train_iter)
                 state, metrics = self.train_step(state, batch)
-                tokens += float(np.asarray(batch["input_mask"]).sum()) * jax.process_count()
+                # The per-step fetch is the NaN guard: a bad step stops the run at once.
                 metrics = jax.device_get(metrics)
+                busy += time.perf_counter() - start
+                tokens += float(np.asarray(batch["input_mask"]).sum()) * jax.process_count()
                 if not metrics["finite"]:
                     raise NonFiniteLossError(
                         f"non-finite loss ({metrics['loss']}) or gradient norm "
@@ -225,26 +223,20 @@ class Trainer:
                         f"{self.checkpointer.latest_step()} in "
                         f"{os.path.join(self.workdir, 'checkpoints')}")
                 step += 1
-                now = time.perf_counter()
-                tps = tokens / max(now - last, 1e-9)
+                tps = tokens / max(busy, 1e-9)
                 progress.update(step, loss=float(metrics["loss"]), tokens_per_s=tps)
                 if step % cfg.train.log_every == 0 or step == total:
                     metrics = {k: float(v) for k, v in metrics.items()}
                     metrics["tokens_per_s"] = tps
                     self.writer.write(step, metrics, prefix="train")
-                    last, tokens = now, 0.0
+                    busy, tokens = 0.0, 0.0
                 if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
                     self.evaluate(state, step)
                 if step % cfg.train.checkpoint_every == 0 or step == total:
                     self.save(state, step, train_iter)
-                    last_saved = step
         finally:
             progress.close()
-        if last_saved != step:
-            self.save(state, step, train_iter)
-        final = self.evaluate(state, step)
-        self.state = state
-        return {"step": step, "eval": final}
+        return {"step": step, "eval": self.evaluate(state, step)}
 
     @property
     def demo_gold(self) -> tuple[float, float]:
