@@ -25,14 +25,28 @@ class LossOut(NamedTuple):
     metrics: Mapping[str, tuple[jax.Array, jax.Array]]
 
 
+MODEL_KINDS = ("lm", "scalar", "preference")
+
+
+class Models(NamedTuple):
+    """The modules `prepare` may use; all outside the gradient."""
+
+    policy: Any  # the module being trained, with its parameters under stop_gradient
+    reference: Any = None  # the frozen reference, when the objective needs one
+
+
 class Objective(NamedTuple):
     """What a config names: pure pieces closed over their settings with functools.partial.
 
     init() -> objective state (a pytree, checkpointed with the train state; {} if none).
-    prepare(model, batch, obj_state, *, rng) -> batch with everything outside the gradient
-        added (reference log-probs, samples, scores, advantages).
+    prepare(models, batch, obj_state, *, rng) -> batch with everything outside the gradient
+        added (reference log-probs, samples, scores, advantages). Fields already in the
+        batch (e.g. reference log-probs read from a cache) are kept, not recomputed.
     loss(model, batch, obj_state, *, rng) -> LossOut, differentiable in the model's params.
     update_state(obj_state, metrics) -> obj_state after a step (e.g. an adaptive KL coefficient).
+    data: the batches it reads ("sft", "pairs", "lists", "prompts").
+    model: the module it trains ("lm" policy, "scalar" reward/value model, "preference" model).
+    needs: other models ("reference",).
     """
 
     name: str
@@ -42,14 +56,15 @@ class Objective(NamedTuple):
     loss: Callable[..., LossOut]
     update_state: Callable[[Any, Mapping[str, jax.Array]], Any]
     needs: tuple[str, ...] = ()
+    model: str = "lm"
 
 
 def no_state() -> dict:
     return {}
 
 
-def no_prepare(model, batch, obj_state, *, rng):
-    del model, obj_state, rng
+def no_prepare(models, batch, obj_state, *, rng):
+    del models, obj_state, rng
     return batch
 
 

@@ -81,6 +81,7 @@ class Trainer:
         self.checkpointer = ckpt_lib.Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
         self.writer = metrics_lib.MetricWriter(workdir, is_primary=self.primary)
+        self.frozen, self.frozen_shardings = {}, {}
         self._train_step = None
         self._eval_step = None
         self._sample_fn = None
@@ -108,9 +109,9 @@ class Trainer:
         if self._train_step is None:
             self._train_step = step_lib.jit_train_step(
                 self.shardings, step_lib.batch_shardings(gbatch, self.mesh, self.rules),
-                self.mesh, self.rules, model_def=self.model_def, objective=self.objective,
+                self.frozen_shardings, self.mesh, self.rules, model_def=self.model_def, objective=self.objective,
                 optimizer=self.optimizer, lr_fn=self.lr_fn, accum=self.cfg.optim.accum_steps)
-        return self._train_step(state, gbatch)
+        return self._train_step(state, gbatch, self.frozen)
 
     def evaluate_loss(self, state) -> dict[str, float]:
         """Held-out loss over `eval.num_batches` batches of the test split."""
@@ -122,8 +123,9 @@ class Trainer:
             if self._eval_step is None:
                 self._eval_step = step_lib.jit_eval_step(
                     self.shardings, step_lib.batch_shardings(gbatch, self.mesh, self.rules),
-                    self.mesh, self.rules, model_def=self.model_def, objective=self.objective)
-            out = jax.device_get(self._eval_step(state, gbatch))
+                    self.frozen_shardings, self.mesh, self.rules, model_def=self.model_def,
+                    objective=self.objective)
+            out = jax.device_get(self._eval_step(state, gbatch, self.frozen))
             totals = out if totals is None else jax.tree.map(np.add, totals, out)
         if totals is None:
             raise ValueError("the test split is smaller than one eval batch "

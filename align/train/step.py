@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from align import mesh as mesh_lib
-from align.objectives.base import LossOut, Objective
+from align.objectives.base import LossOut, Models, Objective
 from align.train import state as state_lib
 
 
@@ -79,13 +79,25 @@ def _accumulated_loss(model_def, objective: Objective, params, batch, obj_state,
     return loss_sum, weight, parts, grads
 
 
-def train_step(state, batch, *, model_def, objective: Objective, optimizer, lr_fn, accum: int):
-    """One optimizer step; a non-finite loss or gradient leaves the state unchanged."""
+def _models(model_def, params, frozen) -> Models:
+    """The policy (under stop_gradient) and the frozen models, as modules for `prepare`."""
+    ref = frozen.get("reference")
+    return Models(policy=state_lib.bind(model_def, jax.lax.stop_gradient(params)),
+                  reference=None if ref is None else state_lib.bind(model_def, ref))
+
+
+def train_step(state, batch, frozen, *, model_def, objective: Objective, optimizer, lr_fn,
+               accum: int):
+    """One optimizer step; a non-finite loss or gradient leaves the state unchanged.
+
+    `frozen` holds parameters that are never trained (e.g. {"reference": params}).
+    """
     rng = jax.random.fold_in(stream_key(state["rng"], "train"), state["step"])
     prep_rng, loss_rng = jax.random.split(rng)
     params = state["params"]
-    frozen = state_lib.bind(model_def, jax.lax.stop_gradient(params))
-    batch = objective.prepare(frozen, batch, state["objective"], rng=prep_rng)
+    frozen = jax.lax.stop_gradient(frozen)
+    batch = objective.prepare(_models(model_def, params, frozen), batch, state["objective"],
+                              rng=prep_rng)
 
     loss_sum, weight, parts, grads = _accumulated_loss(
         model_def, objective, params, batch, state["objective"], loss_rng, accum, grad=True)
@@ -111,11 +123,11 @@ def train_step(state, batch, *, model_def, objective: Objective, optimizer, lr_f
     return new_state, metrics
 
 
-def eval_step(state, batch, *, model_def, objective: Objective, accum: int = 1):
+def eval_step(state, batch, frozen, *, model_def, objective: Objective, accum: int = 1):
     """Held-out loss and metric parts (sums, so several batches combine exactly)."""
     rng = stream_key(state["rng"], "eval")
-    model = state_lib.bind(model_def, state["params"])
-    batch = objective.prepare(model, batch, state["objective"], rng=rng)
+    batch = objective.prepare(_models(model_def, state["params"], frozen), batch,
+                              state["objective"], rng=rng)
     loss_sum, weight, parts, _ = _accumulated_loss(
         model_def, objective, state["params"], batch, state["objective"], rng, accum, grad=False)
     return {"loss_sum": loss_sum, "weight": weight, "parts": parts}
@@ -125,15 +137,15 @@ def batch_shardings(batch: Mapping[str, Any], mesh, rules) -> dict[str, Any]:
     return {k: mesh_lib.batch_sharding(mesh, rules, jnp.ndim(v)) for k, v in batch.items()}
 
 
-def jit_train_step(state_sh, batch_sh, mesh, rules, **kwargs):
+def jit_train_step(state_sh, batch_sh, frozen_sh, mesh, rules, **kwargs):
     """The train step under jit with explicit in/out shardings and the state donated."""
     return jax.jit(mesh_lib.traced_under(functools.partial(train_step, **kwargs), mesh, rules),
-                   in_shardings=(state_sh, batch_sh),
+                   in_shardings=(state_sh, batch_sh, frozen_sh),
                    out_shardings=(state_sh, mesh_lib.replicated(mesh)),
                    donate_argnums=0)
 
 
-def jit_eval_step(state_sh, batch_sh, mesh, rules, **kwargs):
+def jit_eval_step(state_sh, batch_sh, frozen_sh, mesh, rules, **kwargs):
     return jax.jit(mesh_lib.traced_under(functools.partial(eval_step, **kwargs), mesh, rules),
-                   in_shardings=(state_sh, batch_sh),
+                   in_shardings=(state_sh, batch_sh, frozen_sh),
                    out_shardings=mesh_lib.replicated(mesh))

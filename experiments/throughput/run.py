@@ -87,16 +87,16 @@ def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int
     }
     gbatch = mesh_lib.to_global(host, mesh, rules)
     step_fn = step_lib.jit_train_step(
-        shardings, step_lib.batch_shardings(gbatch, mesh, rules), mesh, rules, model_def=model_def,
-        objective=objective, optimizer=optimizer, lr_fn=lr_fn, accum=1)
+        shardings, step_lib.batch_shardings(gbatch, mesh, rules), {}, mesh, rules,
+        model_def=model_def, objective=objective, optimizer=optimizer, lr_fn=lr_fn, accum=1)
     t0 = time.perf_counter()
-    state, metrics = step_fn(state, gbatch)
+    state, metrics = step_fn(state, gbatch, {})
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        state, metrics = step_fn(state, gbatch)
+        state, metrics = step_fn(state, gbatch, {})
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
