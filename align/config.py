@@ -21,7 +21,6 @@ import inspect
 import json
 import math
 import os
-import pkgutil
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -141,18 +140,12 @@ def _objective_schema(name: Any) -> dict:
     if not isinstance(name, str):
         raise ConfigError(f"config key 'objective.name' expects str, got {_show(name)}",
                           key="objective.name")
-    if name not in OBJECTIVE_SCHEMAS and name.isidentifier():
-        # Objective modules register their schema on import; an existing module that
-        # registers nothing has no settings.
-        if importlib.util.find_spec(f"align.objectives.{name}") is not None:
-            importlib.import_module(f"align.objectives.{name}")
-            OBJECTIVE_SCHEMAS.setdefault(name, ConfigDict())
-            _OBJECTIVE_CHOICES.setdefault(name, {})
     if name not in OBJECTIVE_SCHEMAS:
-        package = importlib.util.find_spec("align.objectives")
-        modules = [m.name for m in pkgutil.iter_modules(package.submodule_search_locations or [])
-                   if m.name != "base"] if package else []
-        known = sorted(set(OBJECTIVE_SCHEMAS) | set(modules))
+        # Objective modules register their settings when imported.
+        from align import objectives
+        objectives.registry()
+    if name not in OBJECTIVE_SCHEMAS:
+        known = sorted(OBJECTIVE_SCHEMAS)
         raise ConfigError(f"unknown objective {name!r} (config key 'objective.name')"
                           f"{_did_you_mean(name, known)}; valid: {', '.join(known)}",
                           key="objective.name")

@@ -1,23 +1,42 @@
-"""Objectives, found by module name: `objective.name = "sft"` loads `align.objectives.sft`."""
+"""Objectives by name. A module here lists what it provides in `OBJECTIVES = {name: make}` and
+registers each one's config settings with `align.config.register_objective_schema`."""
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Callable
 
-from align.objectives.base import LossOut, Objective
+from align.objectives.base import LossOut, Models, Objective
 
-__all__ = ["LossOut", "Objective", "make", "names"]
+__all__ = ["LossOut", "Models", "Objective", "make", "names", "registry"]
+
+
+def registry() -> dict[str, Callable[..., Objective]]:
+    """name -> factory, over every objective module in this package."""
+    from align import config as config_lib
+    found: dict[str, Callable[..., Objective]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for name, factory in getattr(module, "OBJECTIVES", {}).items():
+            if name in found:
+                raise ValueError(f"objective {name!r} is defined twice (in {info.name})")
+            found[name] = factory
+            if name not in config_lib.OBJECTIVE_SCHEMAS:
+                config_lib.register_objective_schema(name, {})
+    return found
 
 
 def names() -> list[str]:
-    """The objective modules that can be named in a config."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name != "base")
+    """The objective names a config can use."""
+    return sorted(registry())
 
 
 def make(objective_cfg, **kwargs) -> Objective:
-    """Builds the objective the config names."""
-    name = objective_cfg.name
-    if name not in names():
-        raise ValueError(f"unknown objective {name!r}; valid: {', '.join(names())}")
-    return importlib.import_module(f"align.objectives.{name}").make(objective_cfg, **kwargs)
+    """Builds the objective the config names (kwargs: shared settings such as chunk_size)."""
+    known = registry()
+    if objective_cfg.name not in known:
+        raise ValueError(f"unknown objective {objective_cfg.name!r}; valid: {', '.join(sorted(known))}")
+    return known[objective_cfg.name](objective_cfg, **kwargs)

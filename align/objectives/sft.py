@@ -39,3 +39,6 @@ def make(config, *, chunk_size: int = 0) -> base.Objective:
     return base.Objective(
         name="sft", data="sft", init=base.no_state, prepare=base.no_prepare,
         loss=functools.partial(_loss, chunk_size=chunk_size), update_state=base.keep_state)
+
+
+OBJECTIVES = {"sft": make}
