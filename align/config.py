@@ -51,6 +51,7 @@ CHOICES: dict[str, tuple] = {
     "model.remat": ("none", "full", "dots"),
     "data.source": ("reviews", "tfds"),
     "data.tokenizer_type": ("unigram", "bpe"),
+    "reference.mode": ("in_step", "cached"),
 }
 
 # Sections whose keys are not fixed: path -> the type every value must have.
@@ -79,10 +80,21 @@ def default_config() -> ConfigDict:
         tokenizer_path="",  # "" = train one into the workdir
         vocab_size=128, tokenizer_type="unigram",
         pad_id=-1,  # -1 = the tokenizer's pad id
-        num_train=20000, num_test=512, num_prompts=512))
+        num_train=20000, num_test=512, num_prompts=512,
+        list_size=4))  # K responses per prompt for listwise objectives
     c.task = ConfigDict(dict(
         seed=0, temperature=1.0, length_bias=0.0, filler_bias=0.0, intransitive=0.0))
     c.objective = ConfigDict(dict(name="sft"))
+    c.init = ConfigDict(dict(
+        # Start from another run's final parameters (the policy, and the reference):
+        # workdir = that run's workdir; "" = random initialisation. A relative path is taken
+        # inside this run's workdir. If `config` is set and that run has not finished, it is
+        # run first (so one command can chain SFT -> preference training).
+        workdir="", config="", overrides=""))  # overrides: "a.b=v;c=w" for the config above
+    c.reference = ConfigDict(dict(
+        # in_step: frozen reference parameters evaluated inside the jitted step;
+        # cached: its log-probs precomputed once into the workdir, keyed by a fingerprint.
+        mode="in_step"))
     c.optim = ConfigDict(dict(
         lr=1e-3, warmup_steps=50,
         decay_steps=0,  # 0 = train.steps
@@ -99,7 +111,8 @@ def default_config() -> ConfigDict:
         fsdp=1, tensor=1,
         # logical axis -> mesh axes: "" = replicated, "a,b" = split over several mesh axes.
         rules=dict(embed="fsdp", mlp="tensor", heads="tensor", kv_heads="tensor",
-                   vocab="tensor", head_dim="", norm="", layers="", batch="data,fsdp")))
+                   vocab="tensor", head_dim="", norm="", layers="", pref="",
+                   batch="data,fsdp")))
     c.distributed = ConfigDict(dict(
         # ""/0/-1 = take from the environment, or run as a single process.
         coordinator_address="", num_processes=0, process_id=-1))

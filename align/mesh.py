@@ -46,6 +46,13 @@ def initialize_distributed(dist_cfg: Mapping[str, Any] | None = None) -> None:
         jax.distributed.initialize()
 
 
+def barrier(name: str) -> None:
+    """Waits until every process reaches the same named point (a no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def mesh_shape(mesh_cfg: Mapping[str, Any], num_devices: int) -> tuple[int, int, int]:
     """Resolves (data, fsdp, tensor); one axis may be -1 to take the remaining devices."""
     sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]

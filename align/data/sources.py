@@ -11,21 +11,24 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from align import mesh as mesh_lib
 from align.data import builders
 from align.data.tokenizer import Tokenizer, get_or_train_tokenizer
+
+
+KINDS = ("sft", "prompts", "pairs", "lists")
 
 
 class RunData(NamedTuple):
     tokenizer: Tokenizer
     world: Any  # the synthetic world (gold reward), or None for external data
-    sft: dict  # split -> random-access source
-    prompts: dict  # split -> random-access source
+    sources: dict  # kind -> split -> random-access source (kinds: KINDS)
 
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
+    def __getattr__(self, kind):
+        # data.sft["test"], data.pairs["train"], ...: {} for a kind the run does not use.
+        if kind in KINDS:
+            return self.sources.get(kind, {})
+        raise AttributeError(kind)
 
 
 def world_settings(cfg) -> tuple[dict, dict]:
@@ -45,41 +48,46 @@ def make_world(cfg):
     return ReviewWorld(WorldConfig(**world))
 
 
-def data_dir(cfg, workdir: str) -> str:
-    return cfg.data.data_dir or os.path.join(workdir, "data")
+def prepare(cfg, workdir: str, *, kinds=("sft", "prompts"), data_dir: str = "",
+            tokenizer_path: str = "") -> RunData:
+    """Tokenizer and sources of the given kinds, built once (by process 0) and reused on resume.
 
-
-def prepare(cfg, workdir: str) -> RunData:
-    """Tokenizer and sources for a run, built once and reused on resume."""
-    ddir = data_dir(cfg, workdir)
-    primary = jax.process_index() == 0
+    data_dir / tokenizer_path default to the config's, then to `<workdir>/data`.
+    """
+    ddir = data_dir or cfg.data.data_dir or os.path.join(workdir, "data")
+    tok_path = tokenizer_path or cfg.data.tokenizer_path or os.path.join(ddir, "tokenizer.model")
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown data kinds {unknown}; valid: {KINDS}")
     if cfg.data.source == "reviews":
         world = make_world(cfg)
         world_s, labeler_s = world_settings(cfg)
-        sizes = {"train": int(cfg.data.num_train), "test": int(cfg.data.num_test)}
-        prompt_sizes = {"train": int(cfg.data.num_prompts), "test": int(cfg.data.num_test)}
-        tok_path = cfg.data.tokenizer_path or os.path.join(ddir, "tokenizer.model")
-        if primary:
+        sizes = {
+            "sft": {"train": int(cfg.data.num_train), "test": int(cfg.data.num_test)},
+            "prompts": {"train": int(cfg.data.num_prompts), "test": int(cfg.data.num_test)},
+            "pairs": {"train": int(cfg.data.num_train), "test": int(cfg.data.num_test)},
+            "lists": {"train": int(cfg.data.num_train), "test": int(cfg.data.num_test),
+                      "k": int(cfg.data.list_size)},
+        }
+        build = lambda kind: builders.build_reviews(kind, ddir, world=world_s, labeler=labeler_s,
+                                                    sizes=sizes[kind])
+        if jax.process_index() == 0:
             os.makedirs(ddir, exist_ok=True)
             get_or_train_tokenizer(
-                tok_path, lambda: world.corpus(min(20000, max(2000, sizes["train"]))),
+                tok_path, lambda: world.corpus(min(20000, max(2000, int(cfg.data.num_train)))),
                 vocab_size=int(cfg.data.vocab_size), model_type=cfg.data.tokenizer_type)
-            builders.build_reviews("sft", ddir, world=world_s, labeler=labeler_s, sizes=sizes)
-            builders.build_reviews("prompts", ddir, world=world_s, labeler=labeler_s,
-                                   sizes=prompt_sizes)
-        _barrier("align-data")
-        tokenizer = Tokenizer.load(tok_path)
-        sft = builders.build_reviews("sft", ddir, world=world_s, labeler=labeler_s, sizes=sizes)
-        prompts = builders.build_reviews("prompts", ddir, world=world_s, labeler=labeler_s,
-                                         sizes=prompt_sizes)
-        return RunData(tokenizer, world, sft, prompts)
+            for kind in kinds:
+                build(kind)
+        mesh_lib.barrier("align-data")
+        return RunData(Tokenizer.load(tok_path), world, {kind: build(kind) for kind in kinds})
     if not cfg.data.tfds_name:
         raise ValueError("data.source='tfds' needs data.tfds_name (a prepared array_record dataset)")
-    if not cfg.data.tokenizer_path:
+    if not (tokenizer_path or cfg.data.tokenizer_path):
         raise ValueError("data.source='tfds' needs data.tokenizer_path (a SentencePiece .model)")
-    tokenizer = Tokenizer.load(cfg.data.tokenizer_path)
-    sft = {s: builders.tfds_source(cfg.data.tfds_name, s, ddir) for s in ("train", "test")}
-    return RunData(tokenizer, None, sft, {})
+    tokenizer = Tokenizer.load(tok_path)
+    # An external dataset serves the objective's own kind; prompts for sampling come from it too.
+    main = {s: builders.tfds_source(cfg.data.tfds_name, s, ddir) for s in ("train", "test")}
+    return RunData(tokenizer, None, {k: main for k in kinds if k != "prompts"})
 
 
 def demo_gold_reward(source) -> tuple[float, float]:

@@ -1,11 +1,13 @@
 """The offline training loop: data -> jitted step -> metrics, evaluation and checkpoints.
 
-Dimension letters: B batch, P prompt tokens, N new tokens.
+One Trainer serves every offline objective: SFT, the pairwise and listwise preference
+objectives, reward and preference models. Dimension letters: B batch, N new tokens.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import json
 import os
 import time
 from typing import Any
@@ -13,15 +15,22 @@ from typing import Any
 import jax
 import numpy as np
 
+from align import atomic
 from align import mesh as mesh_lib
-from align import objectives, sampling
+from align import objectives
 from align.data import pipeline, sources
+from align.evaluate import policy as policy_eval
 from align.models import transformer
+from align.objectives.base import Models
 from align.train import checkpoint as ckpt_lib
 from align.train import metrics as metrics_lib
 from align.train import optim
+from align.train import reference as reference_lib
+from align.train import runs
 from align.train import state as state_lib
 from align.train import step as step_lib
+
+REWARD_OFFSET_FILE = "reward_offset.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,6 +57,13 @@ def _per_process(global_batch: int, divisor: int, what: str) -> int:
     return global_batch // jax.process_count()
 
 
+def _gather(tree):
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 class Trainer:
     """Everything one run needs, built from a validated config."""
 
@@ -56,19 +72,28 @@ class Trainer:
         mesh_lib.initialize_distributed(cfg.distributed)
         self.mesh = mesh_lib.make_mesh(cfg.mesh, devices)
         self.rules = mesh_lib.logical_rules(cfg.mesh.rules)
-        self.data = sources.prepare(cfg, workdir)
+        self.primary = jax.process_index() == 0
+        self.objective = objectives.make(cfg.objective, chunk_size=cfg.logprobs.chunk_size)
+        self.parent = runs.require_finished(cfg.init.workdir, workdir) if cfg.init.workdir else None
+
+        kinds = {self.objective.data, "sft"} | ({"prompts"} if self.objective.model == "lm" else set())
+        self.data = sources.prepare(
+            cfg, workdir, kinds=sorted(kinds),
+            data_dir=self.parent.data_dir if self.parent and not cfg.data.data_dir else "",
+            tokenizer_path=self.parent.tokenizer_path if self.parent else "")
         tok = self.data.tokenizer
         self.pad_id = tok.pad_id if cfg.data.pad_id < 0 else int(cfg.data.pad_id)
-        self.model_cfg = model_config(cfg, tok.vocab_size)
-        self.make_fn = functools.partial(_make_transformer, self.model_cfg)
+        self.model_cfg = (runs.inherit_model(cfg.model, self.parent.model_cfg) if self.parent
+                          else model_config(cfg, tok.vocab_size))
+        self.make_fn = runs.model_fn(self.objective.model, self.model_cfg, cfg.objective)
         self.model_def = state_lib.describe(self.make_fn)
-        self.objective = objectives.make(cfg.objective, chunk_size=cfg.logprobs.chunk_size)
         self.optimizer, self.lr_fn = optim.make(
             cfg.optim, cfg.train.steps,
             decay_mask=optim.decay_mask_from_names(self.model_def.names))
-        self.abstract, self.shardings, self.init_fn = state_lib.create(
+        self.abstract, self.shardings, self.init_fn, self.from_params_fn = state_lib.create(
             self.model_def, self.make_fn, self.optimizer, self.objective, seed=cfg.seed,
             mesh=self.mesh, rules=self.rules)
+
         divisor = mesh_lib.batch_divisor(self.mesh, self.rules)
         self.batch_size = _per_process(cfg.data.batch_size, divisor, "data.batch_size")
         if cfg.data.batch_size % (divisor * cfg.optim.accum_steps):
@@ -77,55 +102,124 @@ class Trainer:
                              f"multiple of {divisor} rows")
         self.eval_batch_size = _per_process(cfg.data.eval_batch_size, divisor,
                                             "data.eval_batch_size")
-        self.primary = jax.process_index() == 0
         self.checkpointer = ckpt_lib.Checkpointer(
             os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
         self.writer = metrics_lib.MetricWriter(workdir, is_primary=self.primary)
-        self.frozen, self.frozen_shardings = {}, {}
-        self._train_step = None
-        self._eval_step = None
-        self._sample_fn = None
+        if self.primary:
+            runs.write_model_config(workdir, self.model_cfg)
+
+        self.parent_params = None
+        if self.parent is not None:
+            self.parent_params, self.parent_kind, _ = runs.final_params(
+                self.parent, self.mesh, self.rules)
+        self.reference = None  # frozen reference parameters (also used by evaluation)
+        if "reference" in self.objective.needs or (
+                self.objective.model == "lm" and self.parent_params is not None):
+            self.reference = (self.parent_params if self.parent_params is not None
+                              else self.init_fn()["params"])
+        in_step = "reference" in self.objective.needs and cfg.reference.mode == "in_step"
+        self.frozen = {"reference": self.reference} if in_step else {}
+        self.frozen_shardings = {"reference": self.shardings["params"]} if in_step else {}
+        self.reference_table = None
+        self._jitted: dict[str, Any] = {}
+        self._reference_samples = None
         self.last_samples: dict[str, Any] = {}
 
     # Data ------------------------------------------------------------------------------------
-    def train_iterator(self):
-        c = self.cfg.data
-        return pipeline.sft_batches(
-            self.data.sft["train"], self.data.tokenizer, batch_size=self.batch_size,
+    def _batches(self, split: str, *, train: bool, drop_remainder: bool = True):
+        c, kind = self.cfg.data, self.objective.data
+        common = dict(
+            batch_size=self.batch_size if train else self.eval_batch_size,
             max_len=c.max_len, max_prompt_len=c.max_prompt_len, seed=self.cfg.seed,
-            shuffle=True, num_epochs=None, drop_remainder=True, pad_id=self.pad_id)
+            shuffle=train, num_epochs=None if train else 1, drop_remainder=drop_remainder,
+            pad_id=self.pad_id)
+        source = getattr(self.data, kind)[split]
+        if kind == "sft":
+            return pipeline.sft_batches(source, self.data.tokenizer, **common)
+        if kind == "pairs":
+            return pipeline.pair_batches(source, self.data.tokenizer, **common)
+        if kind == "lists":
+            return pipeline.list_batches(source, self.data.tokenizer, list_size=c.list_size,
+                                         **common)
+        raise ValueError(f"objective {self.objective.name!r} reads {kind!r} data, which the "
+                         "offline trainer does not serve")
+
+    def train_iterator(self):
+        it = self._batches("train", train=True)
+        if self.cfg.reference.mode == "cached" and "reference" in self.objective.needs:
+            return reference_lib.WithReference(it, self.reference_cache())
+        return it
 
     def eval_iterator(self):
-        c = self.cfg.data
-        return pipeline.sft_batches(
-            self.data.sft["test"], self.data.tokenizer, batch_size=self.eval_batch_size,
-            max_len=c.max_len, max_prompt_len=c.max_prompt_len, seed=self.cfg.seed,
-            shuffle=False, num_epochs=1, drop_remainder=True, pad_id=self.pad_id)
+        return self._batches("test", train=False)
+
+    # Reference cache -------------------------------------------------------------------------
+    def reference_cache(self) -> dict[str, np.ndarray]:
+        """The reference fields for the whole train split, loaded or computed once."""
+        if self.reference_table is not None:
+            return self.reference_table
+        c, kind = self.cfg.data, self.objective.data
+        source = getattr(self.data, kind)["train"]
+        with open(self.data.tokenizer.path, "rb") as f:
+            tok_bytes = f.read()
+        settings = {"kind": kind, "max_len": c.max_len, "max_prompt_len": c.max_prompt_len,
+                    "pad_id": self.pad_id, "list_size": c.list_size, "objective": self.objective.name,
+                    "tokenizer": hashlib.sha256(tok_bytes).hexdigest()}
+        fingerprint = hashlib.sha256((
+            reference_lib.dataset_fingerprint(source, settings) +
+            reference_lib.params_fingerprint(self.reference)).encode()).hexdigest()
+        path = reference_lib.cache_path(self.workdir, fingerprint)
+        table = reference_lib.load(path)
+        if table is None:
+            print(f"computing reference log-probs for {len(source)} {kind} records", flush=True)
+            it = self._batches("train", train=False, drop_remainder=False)
+            table = reference_lib.compute_table(
+                _padded(it, self.eval_batch_size), self._reference_fields, len(source))
+            if self.primary:
+                reference_lib.save(path, table)
+            mesh_lib.barrier("align-reference-cache")
+        self.reference_table = table
+        return table
+
+    def _reference_fields(self, batch):
+        gbatch = mesh_lib.to_global(batch, self.mesh, self.rules)
+        if "reference" not in self._jitted:
+            def added(ref_params, b):
+                ref = state_lib.bind(self.model_def, ref_params)
+                out = self.objective.prepare(Models(policy=ref, reference=ref), b, {},
+                                             rng=jax.random.key(0))
+                return {k: v for k, v in out.items() if k not in b}
+            self._jitted["reference"] = jax.jit(mesh_lib.traced_under(added, self.mesh, self.rules))
+        return _gather(self._jitted["reference"](self.reference, gbatch))
 
     # Steps -----------------------------------------------------------------------------------
     def train_step(self, state, batch):
         """One jitted step on a host batch (compiled on first use)."""
         gbatch = mesh_lib.to_global(batch, self.mesh, self.rules)
-        if self._train_step is None:
-            self._train_step = step_lib.jit_train_step(
+        if "train" not in self._jitted:
+            self._jitted["train"] = step_lib.jit_train_step(
                 self.shardings, step_lib.batch_shardings(gbatch, self.mesh, self.rules),
-                self.frozen_shardings, self.mesh, self.rules, model_def=self.model_def, objective=self.objective,
-                optimizer=self.optimizer, lr_fn=self.lr_fn, accum=self.cfg.optim.accum_steps)
-        return self._train_step(state, gbatch, self.frozen)
+                self.frozen_shardings, self.mesh, self.rules, model_def=self.model_def,
+                objective=self.objective, optimizer=self.optimizer, lr_fn=self.lr_fn,
+                accum=self.cfg.optim.accum_steps)
+        return self._jitted["train"](state, gbatch, self.frozen)
 
     def evaluate_loss(self, state) -> dict[str, float]:
-        """Held-out loss over `eval.num_batches` batches of the test split."""
+        """Held-out loss and the objective's metrics over `eval.num_batches` test batches."""
         totals = None
-        for i, batch in enumerate(self.eval_iterator()):
+        it = self.eval_iterator()
+        frozen = {"reference": self.reference} if "reference" in self.objective.needs else {}
+        for i, batch in enumerate(it):
             if i >= self.cfg.eval.num_batches:
                 break
             gbatch = mesh_lib.to_global(batch, self.mesh, self.rules)
-            if self._eval_step is None:
-                self._eval_step = step_lib.jit_eval_step(
+            if "eval" not in self._jitted:
+                sh = {"reference": self.shardings["params"]} if frozen else {}
+                self._jitted["eval"] = step_lib.jit_eval_step(
                     self.shardings, step_lib.batch_shardings(gbatch, self.mesh, self.rules),
-                    self.frozen_shardings, self.mesh, self.rules, model_def=self.model_def,
+                    sh, self.mesh, self.rules, model_def=self.model_def,
                     objective=self.objective)
-            out = jax.device_get(self._eval_step(state, gbatch, self.frozen))
+            out = jax.device_get(self._jitted["eval"](state, gbatch, frozen))
             totals = out if totals is None else jax.tree.map(np.add, totals, out)
         if totals is None:
             raise ValueError("the test split is smaller than one eval batch "
@@ -134,45 +228,81 @@ class Trainer:
         result["loss"] = float(totals["loss_sum"] / max(totals["weight"], 1e-9))
         return result
 
-    def sample(self, state, *, step: int, num: int | None = None) -> dict[str, Any]:
-        """Completions for test prompts, decoded, with their gold reward when the world has one."""
-        c, e = self.cfg.data, self.cfg.eval
-        num = num or e.num_samples
-        if not self.data.prompts:
-            return {}
-        # Every process samples the same prompts (a full copy each): the completions then
-        # gather into one list that lines up with the prompt texts on every host.
+    # Sampling evaluation ---------------------------------------------------------------------
+    def _prompt_batch(self) -> dict[str, np.ndarray]:
+        # Every process samples the same prompts (a full copy each), so the gathered
+        # completions line up with the prompt texts on every host.
         it = pipeline.prompt_batches(
-            self.data.prompts["test"], self.data.tokenizer, batch_size=num,
-            max_prompt_len=c.max_prompt_len, seed=self.cfg.seed, shuffle=False, num_epochs=1,
-            pad_id=self.pad_id, process_index=0, process_count=1)
-        batch = next(iter(it))
+            self.data.prompts["test"], self.data.tokenizer, batch_size=self.cfg.eval.num_samples,
+            max_prompt_len=self.cfg.data.max_prompt_len, seed=self.cfg.seed, shuffle=False,
+            num_epochs=1, pad_id=self.pad_id, process_index=0, process_count=1)
+        return next(iter(it))
+
+    def _on_devices(self, batch):
+        return {k: jax.device_put(v, mesh_lib.batch_sharding(self.mesh, self.rules, v.ndim))
+                for k, v in batch.items() if v.dtype != object}
+
+    def _sample(self, params, batch, key):
+        if "sample" not in self._jitted:
+            e = self.cfg.eval
+
+            def fn(p, b, k):
+                return policy_eval.sample_fn(
+                    state_lib.bind(self.model_def, p), b, k, max_new_tokens=e.max_new_tokens,
+                    temperature=e.temperature, top_k=e.top_k, eos_id=self.data.tokenizer.eos_id)
+            self._jitted["sample"] = jax.jit(mesh_lib.traced_under(fn, self.mesh, self.rules))
+        return self._jitted["sample"](params, batch, key)
+
+    def _kl(self, params, batch, samples):
+        if "kl" not in self._jitted:
+            def fn(p, r, b, s):
+                return policy_eval.sequence_kl(
+                    state_lib.bind(self.model_def, p), state_lib.bind(self.model_def, r), b, s,
+                    chunk_size=self.cfg.logprobs.chunk_size)
+            self._jitted["kl"] = jax.jit(mesh_lib.traced_under(fn, self.mesh, self.rules))
+        return _gather(self._jitted["kl"](params, self.reference, batch, samples))
+
+    def sample_eval(self, state, step: int) -> dict[str, Any]:
+        """Policy samples with their gold reward; against the reference: win rate and KL."""
+        if self.objective.model != "lm" or not self.data.prompts:
+            return {}
+        batch = self._prompt_batch()
         prompts = [str(t) for t in batch["prompt_text"]]
-        gbatch = {k: jax.device_put(v, mesh_lib.batch_sharding(self.mesh, self.rules, v.ndim))
-                  for k, v in batch.items() if v.dtype != object}
-        if self._sample_fn is None:
-            self._sample_fn = jax.jit(mesh_lib.traced_under(functools.partial(
-                _sample, model_def=self.model_def, max_new_tokens=e.max_new_tokens,
-                temperature=e.temperature, top_k=e.top_k, eos_id=self.data.tokenizer.eos_id),
-                self.mesh, self.rules))
-        out = _gather(self._sample_fn(state["params"], gbatch, state["rng"], step))
-        completions = [self.data.tokenizer.decode(_cut(t, m)) for t, m in
-                       zip(out["tokens"], out["mask"])]
-        result = {"prompts": prompts, "completions": completions,
-                  "lengths": out["mask"].sum(-1)}
+        dbatch = self._on_devices(batch)
+        key = jax.random.fold_in(step_lib.stream_key(state["rng"], "sample"), step)
+        samples = self._sample(state["params"], dbatch, key)
+        host = _gather(samples)
+        result = {"prompts": prompts, "completions": policy_eval.decode(self.data.tokenizer, host),
+                  "lengths": host["mask"].sum(-1)}
         if self.data.world is not None:
-            result["gold"] = np.asarray(self.data.world.gold_rewards(prompts, completions))
+            result["gold"] = self.data.world.gold_rewards(prompts, result["completions"])
+        if self.reference is not None:
+            result["kl"] = self._kl(state["params"], dbatch, samples)
+            if self.data.world is not None:
+                if self._reference_samples is None:
+                    # The reference never changes: its samples are drawn once, on a fixed key.
+                    ref_key = step_lib.stream_key(state["rng"], "reference_sample")
+                    ref = _gather(self._sample(self.reference, dbatch, ref_key))
+                    texts = policy_eval.decode(self.data.tokenizer, ref)
+                    self._reference_samples = self.data.world.gold_rewards(prompts, texts)
+                result["reference_gold"] = self._reference_samples
         return result
 
     def evaluate(self, state, step: int) -> dict[str, float]:
         metrics = self.evaluate_loss(state)
-        samples = self.sample(state, step=step)
+        samples = self.sample_eval(state, step)
         self.last_samples = samples
         if "gold" in samples:
-            gold = np.asarray(samples["gold"], np.float64)
-            metrics["sample_gold_reward"] = float(gold.mean())
-            metrics["sample_gold_reward_se"] = float(gold.std(ddof=1) / np.sqrt(len(gold)))
+            metrics["sample_gold_reward"], metrics["sample_gold_reward_se"] = (
+                policy_eval.mean_and_se(samples["gold"]))
             metrics["sample_length"] = float(np.mean(samples["lengths"]))
+        if "kl" in samples:
+            metrics["kl"], metrics["kl_se"] = policy_eval.mean_and_se(samples["kl"])
+        if "reference_gold" in samples:
+            metrics["win_rate"], metrics["win_rate_se"] = policy_eval.win_rate(
+                samples["gold"], samples["reference_gold"])
+            metrics["reference_gold_reward"], _ = policy_eval.mean_and_se(
+                samples["reference_gold"])
         self.writer.write(step, metrics, prefix="eval")
         if samples and self.cfg.eval.show_samples:
             text = "\n\n".join(f"{p} -> {c}" for p, c in zip(
@@ -182,10 +312,17 @@ class Trainer:
         return metrics
 
     # The loop --------------------------------------------------------------------------------
+    def initial_state(self):
+        if self.parent_params is None:
+            return self.init_fn()
+        fresh = None if self.objective.model == self.parent_kind else self.init_fn()["params"]
+        return self.from_params_fn(runs.adapt_params(
+            self.parent_params, self.parent_kind, self.objective.model, fresh))
+
     def restore_or_init(self, train_iter):
         restored = self.checkpointer.restore(self.abstract)
         if restored is None:
-            return self.init_fn(), 0
+            return self.initial_state(), 0
         state, extra, step = restored
         train_iter.set_state(extra["data"])
         self.writer.truncate_after(step)
@@ -216,7 +353,7 @@ class Trainer:
                 # The per-step fetch is the NaN guard: a bad step stops the run at once.
                 metrics = jax.device_get(metrics)
                 busy += time.perf_counter() - start
-                tokens += float(np.asarray(batch["input_mask"]).sum()) * jax.process_count()
+                tokens += _count_tokens(batch) * jax.process_count()
                 if not metrics["finite"]:
                     raise NonFiniteLossError(
                         f"non-finite loss ({metrics['loss']}) or gradient norm "
@@ -238,7 +375,31 @@ class Trainer:
                     self.save(state, step, train_iter)
         finally:
             progress.close()
-        return {"step": step, "eval": self.evaluate(state, step)}
+        result = {"step": step, "eval": self.evaluate(state, step)}
+        if self.objective.model == "scalar":
+            result["reward_offset"] = self.save_reward_offset(state)
+        return result
+
+    def save_reward_offset(self, state) -> float:
+        """Stiennon et al.: shift rewards so the demonstrations score 0 on average."""
+        from align.objectives import reward_model
+        if "offset" not in self._jitted:
+            def fn(p, b):
+                return reward_model.reward_scores(state_lib.bind(self.model_def, p), b["tokens"],
+                                                  b["input_mask"])
+            self._jitted["offset"] = jax.jit(mesh_lib.traced_under(fn, self.mesh, self.rules))
+        c = self.cfg.data
+        it = pipeline.sft_batches(
+            self.data.sft["train"], self.data.tokenizer, batch_size=self.eval_batch_size,
+            max_len=c.max_len, max_prompt_len=c.max_prompt_len, seed=self.cfg.seed,
+            shuffle=False, num_epochs=1, drop_remainder=True, pad_id=self.pad_id)
+        offset = reward_model.reward_offset(
+            lambda b: _gather(self._jitted["offset"](
+                state["params"], mesh_lib.to_global(b, self.mesh, self.rules))), it)
+        if self.primary:
+            atomic.write_text(os.path.join(self.workdir, REWARD_OFFSET_FILE),
+                              json.dumps({"offset": offset}) + "\n")
+        return offset
 
     @property
     def demo_gold(self) -> tuple[float, float]:
@@ -258,26 +419,16 @@ class Trainer:
         self.writer.close()
 
 
-def _make_transformer(model_cfg, rngs):
-    return transformer.Transformer(model_cfg, rngs=rngs)
+def _count_tokens(batch) -> float:
+    return float(sum(np.asarray(v).sum() for k, v in batch.items() if k.endswith("input_mask")))
 
 
-def _sample(params, batch, key_data, step, *, model_def, max_new_tokens, temperature, top_k, eos_id):
-    key = jax.random.fold_in(step_lib.stream_key(key_data, "sample"), step)
-    policy = sampling.model_policy(state_lib.bind(model_def, params))
-    out = sampling.sample(
-        policy, batch["prompt_tokens"], batch["prompt_mask"], example_ids_B=batch["example_id"],
-        rng=key, max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
-        top_k=top_k)
-    return {"tokens": out["tokens_BxN"], "mask": out["mask_BxN"]}
+def _padded(it, batch_size: int):
+    """Batches padded to a fixed size by repeating their last row (a duplicate writes the same value)."""
+    for batch in it:
+        n = len(batch["example_id"])
+        if n < batch_size:
+            idx = np.concatenate([np.arange(n), np.full(batch_size - n, n - 1)])
+            batch = {k: np.asarray(v)[idx] for k, v in batch.items()}
+        yield batch
 
-
-def _gather(tree):
-    if jax.process_count() == 1:
-        return jax.tree.map(np.asarray, tree)
-    from jax.experimental import multihost_utils
-    return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def _cut(tokens, mask) -> list[int]:
-    return [int(t) for t, m in zip(tokens, mask) if m]

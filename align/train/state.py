@@ -81,14 +81,23 @@ def state_shardings(abstract_state, model_def: ModelDef, optimizer, mesh, rules)
     }
 
 
-def create(model_def: ModelDef, make_fn, optimizer, objective, *, seed: int, mesh, rules):
-    """(abstract_state, shardings, init_fn): init_fn() returns the state, already sharded."""
+class StateSpec(NamedTuple):
+    """How to make the train state: its abstract shape with shardings, and two makers."""
+
+    abstract: Any
+    shardings: Any
+    init_fn: Callable[[], Any]  # () -> state with freshly initialised params
+    from_params_fn: Callable[[Any], Any]  # params -> state starting from those params
+
+
+def create(model_def: ModelDef, make_fn, optimizer, objective, *, seed: int, mesh,
+           rules) -> StateSpec:
+    """The state's shardings and jitted makers: the state is created already sharded."""
     root = jax.random.key(seed)
     params_key, train_key = jax.random.split(root)
     init_params = init_params_fn(make_fn)
 
-    def init_state():
-        params = init_params(params_key)
+    def state_from(params):
         return {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
@@ -97,11 +106,16 @@ def create(model_def: ModelDef, make_fn, optimizer, objective, *, seed: int, mes
             "objective": objective.init(),
         }
 
+    def init_state():
+        return state_from(init_params(params_key))
+
     abstract = jax.eval_shape(init_state)
     shardings = state_shardings(abstract, model_def, optimizer, mesh, rules)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return abstract, shardings, jax.jit(init_state, out_shardings=shardings)
+    return StateSpec(
+        abstract, shardings, jax.jit(init_state, out_shardings=shardings),
+        jax.jit(state_from, in_shardings=(shardings["params"],), out_shardings=shardings))
 
 
 def num_params(params) -> int:

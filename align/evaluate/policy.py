@@ -1,0 +1,65 @@
+"""Evaluating a policy on prompts: samples, their gold reward, win rate and KL against a reference.
+
+Dimension letters: B batch, P prompt tokens, N new tokens, L = P + N.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from align import logprobs, sampling
+
+
+def sample_fn(policy_model, batch, key, *, max_new_tokens: int, temperature: float, top_k: int,
+              eos_id: int):
+    """Completions of a batch of left-padded prompts (jittable); per-example keys by example_id."""
+    out = sampling.sample(
+        sampling.model_policy(policy_model), batch["prompt_tokens"], batch["prompt_mask"],
+        example_ids_B=batch["example_id"], rng=key, max_new_tokens=max_new_tokens,
+        eos_id=eos_id, temperature=temperature, top_k=top_k)
+    return {"tokens": out["tokens_BxN"], "mask": out["mask_BxN"]}
+
+
+def join(prompt_tokens_BxP, prompt_mask_BxP, tokens_BxN, mask_BxN):
+    """Prompt + completion as one sequence, with the completion as the loss mask."""
+    tokens_BxL = jnp.concatenate([prompt_tokens_BxP, tokens_BxN.astype(prompt_tokens_BxP.dtype)],
+                                 axis=1)
+    comp_mask_BxN = mask_BxN.astype(jnp.int32)
+    input_mask_BxL = jnp.concatenate([prompt_mask_BxP.astype(jnp.int32), comp_mask_BxN], axis=1)
+    loss_mask_BxL = jnp.concatenate([jnp.zeros_like(prompt_mask_BxP, jnp.int32), comp_mask_BxN],
+                                    axis=1)
+    return tokens_BxL, input_mask_BxL, loss_mask_BxL
+
+
+def sequence_kl(policy_model, reference_model, batch, samples, *, chunk_size: int = 0):
+    """Per-sample log π(y|x) − log π_ref(y|x) for y ~ π: its mean estimates KL(π ‖ π_ref)."""
+    tokens, input_mask, loss_mask = join(batch["prompt_tokens"], batch["prompt_mask"],
+                                         samples["tokens"], samples["mask"])
+    logp = logprobs.shifted_logprobs(policy_model, tokens, input_mask, chunk_size=chunk_size)
+    ref = logprobs.shifted_logprobs(reference_model, tokens, input_mask, chunk_size=chunk_size)
+    return logprobs.sequence_logprobs(logp - ref, loss_mask, reduction="sum")
+
+
+def decode(tokenizer, samples) -> list[str]:
+    """Completion texts (tokens up to and including eos; the tokenizer drops control ids)."""
+    tokens, mask = np.asarray(samples["tokens"]), np.asarray(samples["mask"])
+    return [tokenizer.decode([int(t) for t, m in zip(row, mrow) if m])
+            for row, mrow in zip(tokens, mask)]
+
+
+def mean_and_se(x) -> tuple[float, float]:
+    """Mean and its standard error (NaN for fewer than two values)."""
+    x = np.asarray(x, np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
+    return float(x.mean()), se
+
+
+def win_rate(gold_policy_B, gold_reference_B) -> tuple[float, float]:
+    """P(policy's sample beats the reference's for the same prompt), ties half; with its SE."""
+    a, b = np.asarray(gold_policy_B, np.float64), np.asarray(gold_reference_B, np.float64)
+    wins = (a > b).astype(np.float64) + 0.5 * (a == b)
+    return mean_and_se(wins)

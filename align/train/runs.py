@@ -1,0 +1,143 @@
+"""Runs as building blocks: the model a config trains, and a finished run's parameters, tokenizer
+and data as the starting point (policy and reference) of the next one."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, NamedTuple
+
+from align import atomic
+from align import config as config_lib
+from align import objectives
+from align.models import transformer
+from align.train import checkpoint as ckpt_lib
+from align.train import optim
+from align.train import state as state_lib
+
+MODEL_FILE = "model.json"
+# Model settings that only change how the computation runs, not the parameters.
+EXECUTION_FIELDS = ("dtype", "remat")
+
+
+def make_model(kind: str, model_cfg: transformer.TransformerConfig, objective_cfg, rngs):
+    """The module an objective trains: a policy ("lm"), a reward/value model or a preference model."""
+    if kind == "lm":
+        return transformer.Transformer(model_cfg, rngs=rngs)
+    if kind == "scalar":
+        from align.models.heads import ScalarModel
+        return ScalarModel(model_cfg, rngs=rngs)
+    if kind == "preference":
+        from align.models.preference import PreferenceModel
+        return PreferenceModel(model_cfg, rngs=rngs,
+                               pref_dim=int(objective_cfg.get("pref_dim", 8)))
+    raise ValueError(f"unknown model kind {kind!r}; valid: lm, scalar, preference")
+
+
+def model_fn(kind: str, model_cfg, objective_cfg):
+    """rngs -> module, for `state.describe` and initialisation."""
+    return functools.partial(make_model, kind, model_cfg, objective_cfg)
+
+
+def resolve_workdir(path: str, workdir: str) -> str:
+    """An `init.workdir`: absolute, or relative to this run's workdir."""
+    return os.path.abspath(path if os.path.isabs(path) else os.path.join(workdir, path))
+
+
+def write_model_config(workdir: str, model_cfg: transformer.TransformerConfig) -> None:
+    atomic.write_text(os.path.join(workdir, MODEL_FILE),
+                      json.dumps(dataclasses.asdict(model_cfg), indent=2, sort_keys=True) + "\n")
+
+
+class Run(NamedTuple):
+    """What a finished (or partly finished) run left in its workdir."""
+
+    workdir: str
+    cfg: Any
+    model_cfg: transformer.TransformerConfig
+    latest_step: int | None
+
+    @property
+    def finished(self) -> bool:
+        return self.latest_step is not None and self.latest_step >= self.cfg.train.steps
+
+    @property
+    def data_dir(self) -> str:
+        return self.cfg.data.data_dir or os.path.join(self.workdir, "data")
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.cfg.data.tokenizer_path or os.path.join(self.data_dir, "tokenizer.model")
+
+
+def read_run(workdir: str) -> Run | None:
+    """The run in `workdir`, or None if nothing has been started there."""
+    cfg_path = os.path.join(workdir, "config.json")
+    model_path = os.path.join(workdir, MODEL_FILE)
+    if not (os.path.exists(cfg_path) and os.path.exists(model_path)):
+        return None
+    cfg = config_lib.config_from_json(cfg_path)
+    with open(model_path) as f:
+        model_cfg = transformer.TransformerConfig(**json.load(f))
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    latest = None
+    if os.path.isdir(ckpt_dir):
+        with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
+            latest = ckpt.latest_step()
+    return Run(workdir, cfg, model_cfg, latest)
+
+
+def require_finished(path: str, workdir: str) -> Run:
+    run = read_run(resolve_workdir(path, workdir))
+    if run is None or not run.finished:
+        where = resolve_workdir(path, workdir)
+        state = "has no run" if run is None else f"stopped at step {run.latest_step}"
+        raise FileNotFoundError(
+            f"init.workdir {where} {state}; finish that run first, or set init.config so it "
+            "is run before this one")
+    return run
+
+
+def inherit_model(cfg_model, parent: transformer.TransformerConfig) -> transformer.TransformerConfig:
+    """The parent's architecture with this config's execution settings; other differences are errors."""
+    mine = dict(cfg_model)
+    for field in dataclasses.fields(parent):
+        name = field.name
+        if name in EXECUTION_FIELDS or name not in mine:
+            continue
+        if name == "vocab_size" and mine[name] == 0:
+            continue
+        if mine[name] != getattr(parent, name):
+            raise ValueError(
+                f"model.{name}={mine[name]!r} differs from the run it starts from "
+                f"({getattr(parent, name)!r}); parameters cannot be reused across architectures")
+    return dataclasses.replace(parent, **{k: mine[k] for k in EXECUTION_FIELDS})
+
+
+def final_params(run: Run, mesh, rules):
+    """The newest parameters of a run, restored straight into this mesh's shardings."""
+    objective = objectives.make(run.cfg.objective)
+    make_fn = model_fn(objective.model, run.model_cfg, run.cfg.objective)
+    model_def = state_lib.describe(make_fn)
+    optimizer, _ = optim.make(run.cfg.optim, run.cfg.train.steps,
+                              decay_mask=optim.decay_mask_from_names(model_def.names))
+    spec = state_lib.create(model_def, make_fn, optimizer, objective, seed=run.cfg.seed,
+                            mesh=mesh, rules=rules)
+    with ckpt_lib.Checkpointer(os.path.join(run.workdir, "checkpoints")) as ckpt:
+        restored = ckpt.restore(spec.abstract)
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {run.workdir}/checkpoints")
+    state, _, step = restored
+    return state["params"], objective.model, step
+
+
+def adapt_params(params, src_kind: str, dst_kind: str, fresh_params):
+    """Parameters of a `src_kind` model placed into a `dst_kind` one (a policy becomes a backbone)."""
+    if src_kind == dst_kind:
+        return params
+    if src_kind == "lm" and dst_kind in ("scalar", "preference"):
+        # Reward and preference models start from the policy's weights; their heads are new.
+        return {**fresh_params, "backbone": params}
+    raise ValueError(f"cannot start a {dst_kind!r} model from a {src_kind!r} run")
