@@ -76,7 +76,7 @@ def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int
     optimizer, lr_fn = optim.make(optim_cfg, 1000,
                                   decay_mask=optim.decay_mask_from_names(model_def.names))
     objective = objectives.make(config_lib.objective_config("sft"), chunk_size=chunk_size)
-    _, shardings, init_fn = state_lib.create(model_def, make_fn, optimizer, objective, seed=0,
+    _, shardings, init_fn, _ = state_lib.create(model_def, make_fn, optimizer, objective, seed=0,
                                             mesh=mesh, rules=rules)
     state = init_fn()
     rng = np.random.default_rng(0)

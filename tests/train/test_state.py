@@ -29,7 +29,7 @@ def test_a_7b_model_is_described_and_sharded_without_allocating():
     rules = mesh_lib.logical_rules(config_lib.default_config().mesh.rules)
     opt, _ = optim.make(config_lib.default_config().optim, 10,
                         decay_mask=optim.decay_mask_from_names(model_def.names))
-    abstract, shardings, _ = state_lib.create(
+    abstract, shardings, _, _ = state_lib.create(
         model_def, make_fn, opt, objectives.make(config_lib.objective_config("sft")), seed=0,
         mesh=mesh, rules=rules)
     # Every weight matrix is split 4 ways (fsdp x tensor): each device holds a quarter.
