@@ -41,3 +41,18 @@ def objective(cfg, name: str, **settings):
     """Names the objective and sets its own keys."""
     cfg.objective = config_lib.objective_config(name, **settings)
     return cfg
+
+
+def schedule(cfg, *, steps: int, lr: float, warmup: int | None = None):
+    """Training length with evaluation twice and checkpoints four times per run."""
+    cfg.train.steps = steps
+    cfg.train.eval_every = max(steps // 2, 1)
+    cfg.train.checkpoint_every = max(steps // 4, 1)
+    cfg.optim.update(lr=lr, warmup_steps=min(50, steps // 5) if warmup is None else warmup)
+    return cfg
+
+
+def start_from(cfg, workdir: str, config: str = "", overrides: str = ""):
+    """Start from the run in `workdir` (relative to this run's), running `config` there first."""
+    cfg.init.update(workdir=workdir, config=config, overrides=overrides)
+    return cfg

@@ -168,7 +168,7 @@ def test_objective_config(objective_schema):
 
 def test_project_config_resolves_from_any_cwd(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # configs/ is then found next to the package
-    cfg = C.resolve("configs/quickstart.py", ["--config.train.steps=3"])
+    cfg = C.resolve("configs/sft.py", ["--config.train.steps=3"])
     assert cfg.train.steps == 3 and cfg.objective.name == "sft"
 
 

@@ -62,8 +62,25 @@ def peak_memory_bytes() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
 
 
+def _batch(objective: str, batch: int, seq: int, vocab: int) -> dict[str, np.ndarray]:
+    """Random tokens, all real: SFT rows, or DPO pairs (each pair is two sequences)."""
+    rng = np.random.default_rng(0)
+    row = lambda: {"tokens": rng.integers(4, vocab, (batch, seq)).astype(np.int32),
+                   "input_mask": np.ones((batch, seq), np.int32),
+                   "loss_mask": np.ones((batch, seq), np.int32)}
+    if objective == "sft":
+        return row()
+    return {f"{side}_{k}": v for side in ("chosen", "rejected") for k, v in row().items()}
+
+
 def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int,
-          chunk_size: int, peak: float) -> dict:
+          chunk_size: int, peak: float, objective: str = "sft") -> dict:
+    """Times one objective's train step. DPO: `batch` pairs, policy and in-step reference.
+
+    Tokens counted are all sequence tokens processed (both responses of a pair). FLOPs per
+    token: the training FLOPs (forward + backward) plus, for DPO, the reference's forward pass
+    (a third of them).
+    """
     d, n_layers, n_heads, n_kv, d_ff, vocab = SIZES[size]
     cfg = transformer.TransformerConfig(
         vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
@@ -75,36 +92,35 @@ def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int
     optim_cfg = config_lib.default_config().optim
     optimizer, lr_fn = optim.make(optim_cfg, 1000,
                                   decay_mask=optim.decay_mask_from_names(model_def.names))
-    objective = objectives.make(config_lib.objective_config("sft"), chunk_size=chunk_size)
-    _, shardings, init_fn, _ = state_lib.create(model_def, make_fn, optimizer, objective, seed=0,
+    obj = objectives.make(config_lib.objective_config(objective), chunk_size=chunk_size)
+    _, shardings, init_fn, _ = state_lib.create(model_def, make_fn, optimizer, obj, seed=0,
                                             mesh=mesh, rules=rules)
     state = init_fn()
-    rng = np.random.default_rng(0)
-    host = {
-        "tokens": rng.integers(4, vocab, (batch, seq)).astype(np.int32),
-        "input_mask": np.ones((batch, seq), np.int32),
-        "loss_mask": np.ones((batch, seq), np.int32),
-    }
-    gbatch = mesh_lib.to_global(host, mesh, rules)
+    frozen, frozen_sh = {}, {}
+    if "reference" in obj.needs:
+        frozen, frozen_sh = {"reference": init_fn()["params"]}, {"reference": shardings["params"]}
+    gbatch = mesh_lib.to_global(_batch(objective, batch, seq, vocab), mesh, rules)
     step_fn = step_lib.jit_train_step(
-        shardings, step_lib.batch_shardings(gbatch, mesh, rules), {}, mesh, rules,
-        model_def=model_def, objective=objective, optimizer=optimizer, lr_fn=lr_fn, accum=1)
+        shardings, step_lib.batch_shardings(gbatch, mesh, rules), frozen_sh, mesh, rules,
+        model_def=model_def, objective=obj, optimizer=optimizer, lr_fn=lr_fn, accum=1)
     t0 = time.perf_counter()
-    state, metrics = step_fn(state, gbatch, {})
+    state, metrics = step_fn(state, gbatch, frozen)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        state, metrics = step_fn(state, gbatch, {})
+        state, metrics = step_fn(state, gbatch, frozen)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     step_s = float(np.median(times))
-    tokens_per_s = batch * seq / step_s
-    flops = transformer.flops_per_token(cfg, seq)
+    sequences = batch * (1 if objective == "sft" else 2)
+    tokens_per_s = sequences * seq / step_s
+    flops = transformer.flops_per_token(cfg, seq) * (4 / 3 if "reference" in obj.needs else 1)
     mem, mem_kind = peak_memory_bytes()
     return {
-        "size": size, "params": transformer.num_params(cfg), "batch": batch, "seq": seq,
+        "objective": objective, "size": size, "params": transformer.num_params(cfg),
+        "batch": batch, "seq": seq,
         "dtype": dtype, "remat": remat, "step_s": step_s, "compile_s": compile_s,
         "tokens_per_s": tokens_per_s, "model_tflops_per_s": flops * tokens_per_s / 1e12,
         "mfu": flops * tokens_per_s / peak, "peak_memory_gib": mem / 2 ** 30,
@@ -115,6 +131,8 @@ def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="1m,10m,50m")
+    p.add_argument("--objective", default="sft", choices=("sft", "dpo"),
+                   help="dpo: --batch pairs, policy + in-step reference")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -140,12 +158,14 @@ def main(argv=None) -> int:
     for s in sizes:
         if args.in_process or len(sizes) == 1:
             r = bench(s, batch=args.batch, seq=args.seq, dtype=args.dtype, remat=args.remat,
-                      steps=args.steps, chunk_size=args.chunk_size, peak=peak)
+                      steps=args.steps, chunk_size=args.chunk_size, peak=peak,
+                      objective=args.objective)
         else:
             cmd = [sys.executable, os.path.abspath(__file__), "--sizes", s, "--in_process",
                    "--json_only"] + [f"--{k}={v}" for k, v in (
                        ("batch", args.batch), ("seq", args.seq), ("dtype", args.dtype),
                        ("remat", args.remat), ("steps", args.steps),
+                       ("objective", args.objective),
                        ("chunk_size", args.chunk_size))]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
@@ -155,11 +175,13 @@ def main(argv=None) -> int:
             print(json.dumps(r), flush=True)
             return 0
         print(json.dumps(r), file=sys.stderr, flush=True)
-    header = "| size | params | batch x seq | step (s) | tokens/s | model TFLOP/s | MFU | peak memory |"
+    header = ("| objective | size | params | batch x seq | step (s) | tokens/s | model TFLOP/s | "
+              "MFU | peak memory |")
     print(header)
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 9)
     for r in rows:
-        print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['batch']}x{r['seq']} | "
+        print(f"| {r['objective']} | {r['size']} | {r['params'] / 1e6:.1f}M | "
+              f"{r['batch']}x{r['seq']} | "
               f"{r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['model_tflops_per_s']:.3f} | "
               f"{100 * r['mfu']:.1f}% | {r['peak_memory_gib']:.2f} GiB ({r['memory_kind']}) |")
     if args.out:

@@ -12,7 +12,7 @@ from align import config as config_lib
 from align.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ARGS = ["--config", "configs/quickstart.py:size=tiny,steps=5",
+ARGS = ["--config", "configs/sft.py:size=tiny,steps=5",
         "--config.data.num_train=512", "--config.data.num_test=64",
         "--config.data.num_prompts=64", "--config.data.batch_size=16",
         "--config.data.eval_batch_size=16", "--config.eval.num_samples=8",

@@ -15,7 +15,7 @@ from align.train import checkpoint as ckpt_lib
 from align.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-QUICK = "configs/quickstart.py:size=tiny,steps=6"
+QUICK = "configs/sft.py:size=tiny,steps=6"
 SMALL_DATA = ["--config.data.num_train=512", "--config.data.num_test=64",
               "--config.data.num_prompts=64", "--config.data.batch_size=16",
               "--config.data.eval_batch_size=16", "--config.eval.num_samples=8",
