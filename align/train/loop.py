@@ -388,14 +388,18 @@ class Trainer:
                 return reward_model.reward_scores(state_lib.bind(self.model_def, p), b["tokens"],
                                                   b["input_mask"])
             self._jitted["offset"] = jax.jit(mesh_lib.traced_under(fn, self.mesh, self.rules))
+
+        def score_fn(tokens, input_mask):
+            b = mesh_lib.to_global({"tokens": tokens, "input_mask": input_mask}, self.mesh,
+                                   self.rules)
+            return _gather(self._jitted["offset"](state["params"], b))
+
         c = self.cfg.data
         it = pipeline.sft_batches(
             self.data.sft["train"], self.data.tokenizer, batch_size=self.eval_batch_size,
             max_len=c.max_len, max_prompt_len=c.max_prompt_len, seed=self.cfg.seed,
             shuffle=False, num_epochs=1, drop_remainder=True, pad_id=self.pad_id)
-        offset = reward_model.reward_offset(
-            lambda b: _gather(self._jitted["offset"](
-                state["params"], mesh_lib.to_global(b, self.mesh, self.rules))), it)
+        offset = reward_model.reward_offset(score_fn, it)
         if self.primary:
             atomic.write_text(os.path.join(self.workdir, REWARD_OFFSET_FILE),
                               json.dumps({"offset": offset}) + "\n")
