@@ -104,7 +104,9 @@ def default_config() -> ConfigDict:
         steps=300, log_every=10, eval_every=100, checkpoint_every=100, keep_checkpoints=3,
         progress=True))
     c.eval = ConfigDict(dict(
-        num_batches=2, num_samples=64, max_new_tokens=48, temperature=1.0, top_k=0,
+        num_batches=2,
+        num_samples=64,  # prompts sampled at each evaluation; 0 = no sampling evaluation
+        max_new_tokens=48, temperature=1.0, top_k=0,
         show_samples=4))
     c.mesh = ConfigDict(dict(
         data=-1,  # -1 = all devices not taken by the other axes

@@ -7,7 +7,7 @@ import pytest
 from align import main as main_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "quickstart.py")
+CONFIG = os.path.join(ROOT, "configs", "sft.py")
 
 
 def _run(tmp_path, capsys, *args):

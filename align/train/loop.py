@@ -264,7 +264,7 @@ class Trainer:
 
     def sample_eval(self, state, step: int) -> dict[str, Any]:
         """Policy samples with their gold reward; against the reference: win rate and KL."""
-        if self.objective.model != "lm" or not self.data.prompts:
+        if self.objective.model != "lm" or not self.data.prompts or not self.cfg.eval.num_samples:
             return {}
         batch = self._prompt_batch()
         prompts = [str(t) for t in batch["prompt_text"]]

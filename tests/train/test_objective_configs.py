@@ -48,7 +48,10 @@ def test_every_registered_objective_has_a_config():
 
 @pytest.mark.parametrize("name", objectives.names())
 def test_one_step_smoke_run(name, data_dir, tmp_path):
-    cfg = _config(_spec(name), data_dir, "--config.data.list_size=3")
+    # Sampling evaluation (compiled once per run) is exercised for one objective per family.
+    sampling = name in ("sft", "dpo", "lipo_lambda")
+    cfg = _config(_spec(name), data_dir, "--config.data.list_size=3",
+                  *([] if sampling else ["--config.eval.num_samples=0"]))
     trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
     try:
         result = trainer.train()
@@ -56,6 +59,8 @@ def test_one_step_smoke_run(name, data_dir, tmp_path):
         trainer.close()
     assert result["step"] == 1
     assert np.isfinite(result["eval"]["loss"])
+    if sampling and name != "sft":
+        assert np.isfinite(result["eval"]["kl"]) and 0 <= result["eval"]["win_rate"] <= 1
     if trainer.objective.model == "scalar":
         assert os.path.exists(tmp_path / loop.REWARD_OFFSET_FILE)
 
