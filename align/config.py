@@ -52,6 +52,7 @@ CHOICES: dict[str, tuple] = {
     "data.source": ("reviews", "tfds"),
     "data.tokenizer_type": ("unigram", "bpe"),
     "reference.mode": ("in_step", "cached"),
+    "online.scorer": ("gold", "reward_model", "preference_model"),
 }
 
 # Sections whose keys are not fixed: path -> the type every value must have.
@@ -91,6 +92,12 @@ def default_config() -> ConfigDict:
         # inside this run's workdir. If `config` is set and that run has not finished, it is
         # run first (so one command can chain SFT -> preference training).
         workdir="", config="", overrides=""))  # overrides: "a.b=v;c=w" for the config above
+    c.online = ConfigDict(dict(
+        # Online objectives: who scores the samples (the synthetic world's gold reward and
+        # labeler, or a finished reward / preference model run in scorer_workdir), and how
+        # each rollout is used: epochs x minibatches optimizer steps.
+        scorer="gold", scorer_workdir="", epochs=1, minibatches=1,
+        max_new_tokens=48, temperature=1.0))
     c.reference = ConfigDict(dict(
         # in_step: frozen reference parameters evaluated inside the jitted step;
         # cached: its log-probs precomputed once into the workdir, keyed by a fingerprint.

@@ -34,8 +34,9 @@ def _pm(mean, se) -> str:
 def report(cfg, trainer, result) -> str:
     """A short Markdown report of the run (intervals are 95%, from standard errors)."""
     ev = result["eval"]
-    lines = [f"# {cfg.objective.name}: {result['step']} steps", "",
-             f"- held-out loss: {ev['loss']:.4f}"]
+    lines = [f"# {cfg.objective.name}: {result['step']} steps", ""]
+    if "loss" in ev:
+        lines.append(f"- held-out loss: {ev['loss']:.4f}")
     for name in ("accuracy", "pair_accuracy", "gold_agreement", "gold_pair_accuracy", "margin"):
         if name in ev:
             lines.append(f"- held-out {name.replace('_', ' ')}: {ev[name]:.3f}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -13,18 +14,37 @@ import jax.numpy as jnp
 
 from align.models.transformer import init_cache
 
+# Names of the per-step log-prob vectors a Policy may return (see `Policy`).
+SAMPLE, POLICY, REFERENCE = "sample", "policy", "reference"
+
 
 class Policy(NamedTuple):
     """Next-token log-probs for decoding: prefill a prompt once, then advance one token a step.
 
-    prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, cache_len) -> (logp_BxV, state)
-    step_fn(token_B, token_mask_B, state) -> (logp_BxV, state)
-    logp_BxV are normalised fp32 log-probs of the next token; state is any pytree (e.g. KV
-    caches). A token-level mixture of two policies combines their logp_BxV in its own step_fn.
+    prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, cache_len) -> (logps, state)
+    step_fn(token_B, token_mask_B, state) -> (logps, state)
+    logps is a dict of normalised fp32 next-token log-probs [B, V]: "sample" (required: the
+    distribution that temperature / top-k / top-p are applied to), and optionally "policy"
+    (log pi_theta; defaults to "sample") and "reference" (log pi_ref). A bare array stands for
+    {"sample": array}. state is any pytree (e.g. KV caches).
     """
 
-    prefill_fn: Callable[..., tuple[jax.Array, Any]]
-    step_fn: Callable[..., tuple[jax.Array, Any]]
+    prefill_fn: Callable[..., tuple[Any, Any]]
+    step_fn: Callable[..., tuple[Any, Any]]
+
+
+def named_logprobs(logps) -> dict[str, jax.Array]:
+    """A Policy's per-step output as a dict with at least "sample"."""
+    if isinstance(logps, Mapping):
+        if SAMPLE not in logps:
+            raise ValueError(f"Policy log-probs must have a {SAMPLE!r} entry, got keys "
+                             f"{sorted(logps)}")
+        unknown = sorted(set(logps) - {SAMPLE, POLICY, REFERENCE})
+        if unknown:
+            raise ValueError(f"Policy log-probs: unknown key(s) {unknown}; valid: "
+                             f"{[SAMPLE, POLICY, REFERENCE]}")
+        return dict(logps)
+    return {SAMPLE: logps}
 
 
 def model_policy(model) -> Policy:
@@ -32,7 +52,7 @@ def model_policy(model) -> Policy:
 
     def next_logp(hidden_BxTxD):
         logits_BxV = model.logits(hidden_BxTxD[:, -1:])[:, 0]
-        return jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+        return {SAMPLE: jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)}
 
     def prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, cache_len):
         cache = init_cache(model.config, prompt_tokens_BxP.shape[0], cache_len)
@@ -48,17 +68,78 @@ def model_policy(model) -> Policy:
     return Policy(prefill_fn, step_fn)
 
 
-def sampling_logprobs(logp_BxV, *, temperature, top_k: int = 0):
-    """Log-probs of the distribution actually sampled from: tempered, then cut to the top k."""
+def _weighted(w, logp_BxV):
+    # A zero weight must silence the term even where log p = -inf (0 * -inf is NaN).
+    return jnp.where(w == 0, 0.0, w * logp_BxV)
+
+
+def geometric_mixture(policy: Policy, reference: Policy, beta) -> Policy:
+    """Token-level pi_mix ∝ pi^(1-beta) ref^beta on a shared prefix (Nash-MD, arXiv 2312.00886).
+
+    Each component keeps its own state (KV cache) and sees the same tokens. beta may be traced,
+    so changing it never recompiles. Returns "sample" = the mixture, "policy" and "reference" =
+    the components' "sample" log-probs. beta = 0 returns the policy's log-probs unchanged (and
+    beta = 1 the reference's), so the sampler then draws exactly as from that component.
+    """
+    if isinstance(beta, numbers.Real) and not 0 <= beta <= 1:
+        raise ValueError(f"geometric_mixture: beta must be in [0, 1], got {beta!r}")
+
+    def mix(policy_logps, reference_logps):
+        logp_BxV = named_logprobs(policy_logps)[SAMPLE].astype(jnp.float32)
+        ref_BxV = named_logprobs(reference_logps)[SAMPLE].astype(jnp.float32)
+        b = jnp.asarray(beta, jnp.float32)
+        mixed_BxV = jax.nn.log_softmax(_weighted(1 - b, logp_BxV) + _weighted(b, ref_BxV), axis=-1)
+        mixed_BxV = jnp.where(b == 0, logp_BxV, jnp.where(b == 1, ref_BxV, mixed_BxV))
+        return {SAMPLE: mixed_BxV, POLICY: logp_BxV, REFERENCE: ref_BxV}
+
+    def prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, cache_len):
+        a, state_a = policy.prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, cache_len)
+        r, state_r = reference.prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, cache_len)
+        return mix(a, r), (state_a, state_r)
+
+    def step_fn(token_B, token_mask_B, state):
+        a, state_a = policy.step_fn(token_B, token_mask_B, state[0])
+        r, state_r = reference.step_fn(token_B, token_mask_B, state[1])
+        return mix(a, r), (state_a, state_r)
+
+    return Policy(prefill_fn, step_fn)
+
+
+def mixture_policy(policy_model, reference_model, beta) -> Policy:
+    """Geometric mixture of two Transformers; beta = 0 samples the policy and also reports ref."""
+    return geometric_mixture(model_policy(policy_model), model_policy(reference_model), beta)
+
+
+def _top_p_cut(logits_BxV, top_p):
+    """Keeps the smallest set of most likely tokens whose mass reaches top_p (ties all kept)."""
+    sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)
+    probs_BxV = jnp.exp(sorted_BxV - jax.nn.logsumexp(sorted_BxV, axis=-1, keepdims=True))
+    # Exclusive mass before each token, taken from the running sum rather than sum - p so a
+    # token's own probability does not round away the comparison.
+    before_BxV = jnp.pad(jnp.cumsum(probs_BxV, axis=-1)[:, :-1], ((0, 0), (1, 0)))
+    kept_BxV = before_BxV < top_p
+    # The cutoff is compared with the very logits it was sorted from: a recomputed log-softmax
+    # may round differently in another fusion and drop even the top token.
+    cutoff_Bx1 = jnp.min(jnp.where(kept_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    # p >= 1 must keep everything, even tail tokens whose running sum rounds to 1.
+    keep_BxV = (logits_BxV >= cutoff_Bx1) | (top_p >= 1)
+    return jnp.where(keep_BxV, logits_BxV, -jnp.inf)
+
+
+def sampling_logprobs(logp_BxV, *, temperature, top_k: int = 0, top_p=1.0):
+    """Log-probs actually sampled from: tempered, cut to the top k, then to the top-p nucleus."""
     logits_BxV = logp_BxV.astype(jnp.float32) / temperature
     if top_k:
         kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
         logits_BxV = jnp.where(logits_BxV >= kth_Bx1, logits_BxV, -jnp.inf)
+    # A Python top_p of 1 skips the per-step sort over the vocabulary; a traced one never does.
+    if not (isinstance(top_p, numbers.Real) and top_p >= 1):
+        logits_BxV = _top_p_cut(logits_BxV, top_p)
     return jax.nn.log_softmax(logits_BxV, axis=-1)
 
 
 def _check_args(prompt_tokens_BxP, prompt_mask_BxP, example_ids_B, max_new_tokens, top_k,
-                temperature):
+                temperature, top_p=1.0):
     if len(prompt_tokens_BxP.shape) != 2:
         raise ValueError(
             f"sample: prompt_tokens must be [B, P], got shape {prompt_tokens_BxP.shape}")
@@ -76,73 +157,109 @@ def _check_args(prompt_tokens_BxP, prompt_mask_BxP, example_ids_B, max_new_token
     if isinstance(temperature, numbers.Real) and not temperature > 0:
         raise ValueError(f"sample: temperature must be > 0 (use greedy=True for argmax), got "
                          f"{temperature!r}")
+    if isinstance(top_p, numbers.Real) and not 0 < top_p <= 1:
+        raise ValueError(f"sample: top_p must be in (0, 1] (1 = no cut), got {top_p!r}")
 
 
 def sample(policy: Policy, prompt_tokens_BxP, prompt_mask_BxP, *, example_ids_B, rng,
-           max_new_tokens: int, eos_id, temperature=1.0, top_k: int = 0, greedy: bool = False):
+           max_new_tokens: int, eos_id, temperature=1.0, top_k: int = 0, top_p=1.0,
+           greedy: bool = False, pad_id=0):
     """Samples completions of left-padded prompts; call inside jit (see `generate`).
 
     Row b draws with fold_in(fold_in(rng, example_ids_B[b]), step), so its sample does not
-    depend on the batch it sits in. Stops once every row has emitted eos_id. Returns
-    tokens_BxN (0 after eos), mask_BxN (1 up to and including eos, fp32) and logp_BxN (fp32
-    log-probs of the chosen tokens under `sampling_logprobs`, 0 where masked out).
+    depend on the batch it sits in. Stops once every row has emitted eos_id (eos_id = -1 never
+    stops early). Returns, all [B, N] and 0 where masked out unless said otherwise:
+      tokens_BxN     chosen tokens, pad_id after eos;
+      mask_BxN       1 up to and including eos (fp32): the only source of completion masks,
+                     since pad_id may equal eos_id;
+      logp_BxN       log-probs under `sampling_logprobs` (what was sampled from);
+      policy_logp_BxN  log pi_theta at temperature 1 without top-k / top-p (the Policy's
+                     "policy" entry, else "sample");
+      ref_logp_BxN   log pi_ref, only if the Policy returns "reference";
+      finished_B     bool: the row emitted eos_id (False = cut at max_new_tokens).
     """
     prompt_tokens_BxP = jnp.asarray(prompt_tokens_BxP)
     prompt_mask_BxP = jnp.asarray(prompt_mask_BxP)
     example_ids_B = jnp.asarray(example_ids_B)
     _check_args(prompt_tokens_BxP, prompt_mask_BxP, example_ids_B, max_new_tokens, top_k,
-                temperature)
+                temperature, top_p)
     b, p = prompt_tokens_BxP.shape
     n = max_new_tokens
     row_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, example_ids_B)
-    logp_BxV, state = policy.prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, p + n)
-    if top_k > logp_BxV.shape[-1]:
-        raise ValueError(f"sample: top_k={top_k} exceeds the vocabulary size {logp_BxV.shape[-1]}")
+    logps, state = policy.prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, p + n)
+    logps = named_logprobs(logps)
+    vocab = logps[SAMPLE].shape[-1]
+    if top_k > vocab:
+        raise ValueError(f"sample: top_k={top_k} exceeds the vocabulary size {vocab}")
+    outputs = ["logp_BxN", "policy_logp_BxN"] + (["ref_logp_BxN"] if REFERENCE in logps else [])
 
     def body(carry):
-        i, logp_BxV, state, done_B, tokens_BxN, mask_BxN, chosen_logp_BxN = carry
-        sample_logp_BxV = sampling_logprobs(logp_BxV, temperature=temperature, top_k=top_k)
+        i, logps, state, done_B, out = carry
+        sample_logp_BxV = sampling_logprobs(logps[SAMPLE], temperature=temperature, top_k=top_k,
+                                            top_p=top_p)
         if greedy:
             token_B = jnp.argmax(sample_logp_BxV, axis=-1)
         else:
             step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys_B, i)
             token_B = jax.vmap(jax.random.categorical)(step_keys_B, sample_logp_BxV)
         token_B = token_B.astype(jnp.int32)
-        chosen_B = jnp.take_along_axis(sample_logp_BxV, token_B[:, None], axis=-1)[:, 0]
+        picked = lambda v_BxV: jnp.take_along_axis(
+            v_BxV.astype(jnp.float32), token_B[:, None], axis=-1)[:, 0]
+        chosen = {"logp_BxN": picked(sample_logp_BxV),
+                  "policy_logp_BxN": picked(logps.get(POLICY, logps[SAMPLE]))}
+        if REFERENCE in logps:
+            chosen["ref_logp_BxN"] = picked(logps[REFERENCE])
         live_B = ~done_B
-        tokens_BxN = tokens_BxN.at[:, i].set(jnp.where(live_B, token_B, 0))
-        mask_BxN = mask_BxN.at[:, i].set(live_B.astype(jnp.float32))
-        chosen_logp_BxN = chosen_logp_BxN.at[:, i].set(jnp.where(live_B, chosen_B, 0.0))
+        out = dict(out)
+        out["tokens_BxN"] = out["tokens_BxN"].at[:, i].set(jnp.where(live_B, token_B, pad_id))
+        out["mask_BxN"] = out["mask_BxN"].at[:, i].set(live_B.astype(jnp.float32))
+        for name in outputs:
+            out[name] = out[name].at[:, i].set(jnp.where(live_B, chosen[name], 0.0))
         done_B = done_B | (token_B == eos_id)
         # Finished rows still step (shapes are fixed) but their tokens are masked out of the cache.
-        logp_BxV, state = policy.step_fn(token_B, live_B, state)
-        return i + 1, logp_BxV, state, done_B, tokens_BxN, mask_BxN, chosen_logp_BxN
+        logps, state = policy.step_fn(token_B, live_B, state)
+        return i + 1, named_logprobs(logps), state, done_B, out
 
     def cond(carry):
         i, done_B = carry[0], carry[3]
         return (i < n) & ~jnp.all(done_B)
 
-    init = (jnp.zeros((), jnp.int32), logp_BxV, state, jnp.zeros((b,), jnp.bool_),
-            jnp.zeros((b, n), jnp.int32), jnp.zeros((b, n), jnp.float32),
-            jnp.zeros((b, n), jnp.float32))
-    _, _, _, _, tokens_BxN, mask_BxN, chosen_logp_BxN = jax.lax.while_loop(cond, body, init)
-    return dict(tokens_BxN=tokens_BxN, mask_BxN=mask_BxN, logp_BxN=chosen_logp_BxN)
+    out = {"tokens_BxN": jnp.full((b, n), pad_id, jnp.int32),
+           "mask_BxN": jnp.zeros((b, n), jnp.float32)}
+    out.update({name: jnp.zeros((b, n), jnp.float32) for name in outputs})
+    init = (jnp.zeros((), jnp.int32), logps, state, jnp.zeros((b,), jnp.bool_), out)
+    _, _, _, done_B, out = jax.lax.while_loop(cond, body, init)
+    return dict(out, finished_B=done_B)
 
 
-@functools.partial(jax.jit, static_argnames=("max_new_tokens", "top_k", "greedy"))
-def _generate(model, prompt_tokens_BxP, prompt_mask_BxP, example_ids_B, rng, eos_id,
-              temperature, *, max_new_tokens, top_k, greedy):
-    return sample(model_policy(model), prompt_tokens_BxP, prompt_mask_BxP,
-                  example_ids_B=example_ids_B, rng=rng, max_new_tokens=max_new_tokens,
-                  eos_id=eos_id, temperature=temperature, top_k=top_k, greedy=greedy)
+@functools.partial(jax.jit, static_argnames=("max_new_tokens", "top_k", "cut_top_p", "greedy"))
+def _generate(model, reference_model, prompt_tokens_BxP, prompt_mask_BxP, example_ids_B, rng,
+              eos_id, pad_id, temperature, top_p, beta, *, max_new_tokens, top_k, cut_top_p,
+              greedy):
+    if reference_model is None:
+        policy = model_policy(model)
+    else:
+        policy = mixture_policy(model, reference_model, beta)
+    return sample(policy, prompt_tokens_BxP, prompt_mask_BxP, example_ids_B=example_ids_B,
+                  rng=rng, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                  temperature=temperature, top_k=top_k, top_p=top_p if cut_top_p else 1.0,
+                  greedy=greedy)
 
 
 def generate(model, prompt_tokens_BxP, prompt_mask_BxP, *, example_ids_B, rng,
              max_new_tokens: int, eos_id: int, temperature: float = 1.0, top_k: int = 0,
-             greedy: bool = False):
-    """Jitted `sample` from a Transformer; recompiles only for new shapes, top_k or greedy."""
+             top_p: float = 1.0, greedy: bool = False, pad_id: int = 0, reference_model=None,
+             beta: float = 0.0):
+    """Jitted `sample` from a Transformer, or from its mixture with reference_model at beta.
+
+    Recompiles only for new shapes, top_k, greedy, or top_p crossing 1; temperature, top_p and
+    beta are traced.
+    """
     _check_args(jnp.asarray(prompt_tokens_BxP), jnp.asarray(prompt_mask_BxP),
-                jnp.asarray(example_ids_B), max_new_tokens, top_k, temperature)
-    return _generate(model, prompt_tokens_BxP, prompt_mask_BxP, example_ids_B, rng, eos_id,
-                     jnp.float32(temperature), max_new_tokens=max_new_tokens, top_k=top_k,
-                     greedy=greedy)
+                jnp.asarray(example_ids_B), max_new_tokens, top_k, temperature, top_p)
+    if isinstance(beta, numbers.Real) and not 0 <= beta <= 1:
+        raise ValueError(f"generate: beta must be in [0, 1], got {beta!r}")
+    return _generate(model, reference_model, prompt_tokens_BxP, prompt_mask_BxP, example_ids_B,
+                     rng, eos_id, pad_id, jnp.float32(temperature), jnp.float32(top_p),
+                     jnp.float32(beta), max_new_tokens=max_new_tokens, top_k=top_k,
+                     cut_top_p=bool(top_p < 1), greedy=greedy)

@@ -35,6 +35,15 @@ class Models(NamedTuple):
     reference: Any = None  # the frozen reference, when the objective needs one
 
 
+class OnlineSpec(NamedTuple):
+    """How an online objective collects its data each step."""
+
+    mixture: tuple[float, ...] = (0.0, 0.0)  # per completion of a prompt: geometric-mixture β
+    # with the reference (0 = sample from the policy itself); its length is the number of
+    # completions per prompt.
+    score: str = "preference"  # "preference": P(a ≻ b) for the first two; "reward": per completion
+
+
 class Objective(NamedTuple):
     """What a config names: pure pieces closed over their settings with functools.partial.
 
@@ -47,6 +56,8 @@ class Objective(NamedTuple):
     data: the batches it reads ("sft", "pairs", "lists", "prompts").
     model: the module it trains ("lm" policy, "scalar" reward/value model, "preference" model).
     needs: other models ("reference",).
+    online: for objectives trained on their own samples: what to sample and how to score it.
+        The online loop then calls `prepare` once per rollout and `loss` on its minibatches.
     """
 
     name: str
@@ -57,6 +68,7 @@ class Objective(NamedTuple):
     update_state: Callable[[Any, Mapping[str, jax.Array]], Any]
     needs: tuple[str, ...] = ()
     model: str = "lm"
+    online: OnlineSpec | None = None  # set for objectives trained on their own samples
 
 
 def no_state() -> dict:

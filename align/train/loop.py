@@ -26,6 +26,7 @@ from align.train import checkpoint as ckpt_lib
 from align.train import metrics as metrics_lib
 from align.train import optim
 from align.train import reference as reference_lib
+from align.train import online as online_lib
 from align.train import runs
 from align.train import state as state_lib
 from align.train import step as step_lib
@@ -87,8 +88,11 @@ class Trainer:
                           else model_config(cfg, tok.vocab_size))
         self.make_fn = runs.model_fn(self.objective.model, self.model_cfg, cfg.objective)
         self.model_def = state_lib.describe(self.make_fn)
+        # Online objectives take epochs x minibatches optimizer steps per rollout (= train step).
+        self.updates_per_step = (cfg.online.epochs * cfg.online.minibatches
+                                 if self.objective.online else 1)
         self.optimizer, self.lr_fn = optim.make(
-            cfg.optim, cfg.train.steps,
+            cfg.optim, cfg.train.steps * self.updates_per_step,
             decay_mask=optim.decay_mask_from_names(self.model_def.names))
         self.abstract, self.shardings, self.init_fn, self.from_params_fn = state_lib.create(
             self.model_def, self.make_fn, self.optimizer, self.objective, seed=cfg.seed,
@@ -117,10 +121,14 @@ class Trainer:
                 self.objective.model == "lm" and self.parent_params is not None):
             self.reference = (self.parent_params if self.parent_params is not None
                               else self.init_fn()["params"])
+        if self.objective.online and cfg.reference.mode != "in_step":
+            raise ValueError("online objectives score fresh samples each step: "
+                             "reference.mode must be 'in_step'")
         in_step = "reference" in self.objective.needs and cfg.reference.mode == "in_step"
         self.frozen = {"reference": self.reference} if in_step else {}
         self.frozen_shardings = {"reference": self.shardings["params"]} if in_step else {}
         self.reference_table = None
+        self.rollouts = online_lib.Rollouts(self) if self.objective.online else None
         self._jitted: dict[str, Any] = {}
         self._reference_samples = None
         self.last_samples: dict[str, Any] = {}
@@ -145,6 +153,8 @@ class Trainer:
                          "offline trainer does not serve")
 
     def train_iterator(self):
+        if self.rollouts is not None:
+            return self.rollouts.prompt_iterator()
         it = self._batches("train", train=True)
         if self.cfg.reference.mode == "cached" and "reference" in self.objective.needs:
             return reference_lib.WithReference(it, self.reference_cache())
@@ -193,9 +203,14 @@ class Trainer:
         return _gather(self._jitted["reference"](self.reference, gbatch))
 
     # Steps -----------------------------------------------------------------------------------
-    def train_step(self, state, batch):
-        """One jitted step on a host batch (compiled on first use)."""
-        gbatch = mesh_lib.to_global(batch, self.mesh, self.rules)
+    def train_step(self, state, batch, *, full: bool = False):
+        """One jitted step on a host batch (compiled on first use).
+
+        full: the batch is the whole global batch, the same on every process (online rollouts);
+        otherwise each process passes its own rows.
+        """
+        gbatch = (self._on_devices(batch) if full
+                  else mesh_lib.to_global(batch, self.mesh, self.rules))
         if "train" not in self._jitted:
             self._jitted["train"] = step_lib.jit_train_step(
                 self.shardings, step_lib.batch_shardings(gbatch, self.mesh, self.rules),
@@ -289,7 +304,9 @@ class Trainer:
         return result
 
     def evaluate(self, state, step: int) -> dict[str, float]:
-        metrics = self.evaluate_loss(state)
+        # Online objectives have no held-out loss (it needs fresh samples): they are judged by
+        # their samples' gold reward, win rate and KL.
+        metrics = {} if self.rollouts is not None else self.evaluate_loss(state)
         samples = self.sample_eval(state, step)
         self.last_samples = samples
         if "gold" in samples:
@@ -348,19 +365,9 @@ class Trainer:
         try:
             while step < total:
                 start = time.perf_counter()
-                batch = next(train_iter)
-                state, metrics = self.train_step(state, batch)
-                # The per-step fetch is the NaN guard: a bad step stops the run at once.
-                metrics = jax.device_get(metrics)
+                state, metrics, n_tokens = self._advance(state, next(train_iter), step)
                 busy += time.perf_counter() - start
-                tokens += _count_tokens(batch) * jax.process_count()
-                if not metrics["finite"]:
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({metrics['loss']}) or gradient norm "
-                        f"({metrics['grad_norm']}) at step {step + 1}; the update was not "
-                        f"applied and training stopped. The last good checkpoint is step "
-                        f"{self.checkpointer.latest_step()} in "
-                        f"{os.path.join(self.workdir, 'checkpoints')}")
+                tokens += n_tokens
                 step += 1
                 tps = tokens / max(busy, 1e-9)
                 progress.update(step, loss=float(metrics["loss"]), tokens_per_s=tps)
@@ -379,6 +386,30 @@ class Trainer:
         if self.objective.model == "scalar":
             result["reward_offset"] = self.save_reward_offset(state)
         return result
+
+    def _advance(self, state, batch, step: int):
+        """One training step: (state, metrics, tokens processed by all processes)."""
+        if self.rollouts is None:
+            state, metrics = self.train_step(state, batch)
+            # The per-step fetch is the NaN guard: a bad step stops the run at once.
+            metrics = self._check_finite(jax.device_get(metrics), step)
+            return state, metrics, _count_tokens(batch) * jax.process_count()
+        rollout, rollout_metrics = self.rollouts.collect(state, batch, step)
+        for _ in range(self.cfg.online.epochs):
+            for mb in online_lib.minibatches(rollout, self.cfg.online.minibatches):
+                state, metrics = self.train_step(state, mb, full=True)
+                metrics = self._check_finite(jax.device_get(metrics), step)
+        return state, {**metrics, **rollout_metrics}, _count_tokens(rollout)
+
+    def _check_finite(self, metrics, step: int):
+        if not metrics["finite"]:
+            raise NonFiniteLossError(
+                f"non-finite loss ({metrics['loss']}) or gradient norm "
+                f"({metrics['grad_norm']}) at step {step + 1}; the update was not "
+                f"applied and training stopped. The last good checkpoint is step "
+                f"{self.checkpointer.latest_step()} in "
+                f"{os.path.join(self.workdir, 'checkpoints')}")
+        return metrics
 
     def save_reward_offset(self, state) -> float:
         """Stiennon et al.: shift rewards so the demonstrations score 0 on average."""

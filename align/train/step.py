@@ -17,7 +17,7 @@ from align.objectives.base import LossOut, Models, Objective
 from align.train import state as state_lib
 
 
-STREAMS = ("train", "eval", "sample", "reference_sample")
+STREAMS = ("train", "eval", "sample", "reference_sample", "train_sample")
 
 
 def stream_key(key_data, name: str):

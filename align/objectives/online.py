@@ -1,0 +1,158 @@
+"""Online preference objectives: online DPO, online IPO, IPO-MD(β) and Nash-MD-PG.
+
+Dimension letters: M pairs of completions, L tokens (prompt + completion).
+
+The online loop samples two completions a, b of each prompt (from the policy, or from its
+token-level geometric mixture with the reference, per `OnlineSpec.mixture`), asks the scorer for
+P(a ≻ b), and hands this objective a rollout shaped like an offline pairs batch: a as
+`chosen_*`, b as `rejected_*` (names only: which one wins is in `pref`), plus `pref` [M].
+`prepare` adds the reference log-probs once per rollout; `loss` runs on its minibatches and
+reuses the offline maths (pairwise.py) and online_math.py.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from align import config as config_lib
+from align import logprobs
+from align.objectives import base, online_math, pairwise
+
+LABELS = ("soft", "hard")
+NASH_VARIANTS = ("exact", "trl")
+REF_TOKENS = "ref_chosen_token_logp"
+
+
+def _check_rollout(batch, name):
+    pairwise.check_pairs_batch(batch, name)
+    if "pref" not in batch:
+        raise ValueError(f"objective {name!r} reads a rollout with 'pref' = P(a ≻ b); fields "
+                         f"present: {sorted(batch)}")
+
+
+def _prepare_pairs(models, batch, obj_state, *, rng, name, chunk_size):
+    """Reference sums S_ref(a), S_ref(b) for the rollout (no gradient), once per rollout."""
+    _check_rollout(batch, name)
+    return pairwise.add_reference_logprobs(models, batch, obj_state, rng=rng, name=name,
+                                           chunk_size=chunk_size)
+
+
+def _pair_loss(model, batch, obj_state, *, rng, name, chunk_size, loss_fn, soft, scale):
+    del obj_state, rng
+    _check_rollout(batch, name)
+    s_a, s_b, _, _ = pairwise.pair_logprobs(model, batch, chunk_size=chunk_size)
+    ref_a = jax.lax.stop_gradient(batch["ref_chosen_logp"])
+    ref_b = jax.lax.stop_gradient(batch["ref_rejected_logp"])
+    r_a, r_b = s_a - ref_a, s_b - ref_b
+    pref = jax.lax.stop_gradient(batch["pref"].astype(jnp.float32))
+    loss_M = online_math.online_pair_loss(r_a, r_b, pref, loss_fn=loss_fn, soft=soft)
+    m = jnp.asarray(loss_M.shape[0], jnp.float32)
+    # The implicit reward agrees with the judge when it ranks the preferred completion higher.
+    agree = jnp.where(pref >= 0.5, r_a > r_b, r_b > r_a).astype(jnp.float32)
+    metrics = {
+        "pref": base.ratio(jnp.sum(pref), m),
+        "implicit_reward_a": base.ratio(jnp.sum(scale * r_a), m),
+        "implicit_reward_b": base.ratio(jnp.sum(scale * r_b), m),
+        "judge_agreement": base.ratio(jnp.sum(agree), m),
+        "logratio_a": base.ratio(jnp.sum(r_a), m),
+    }
+    return base.LossOut(jnp.sum(loss_M), m, metrics)
+
+
+def _pairs_objective(name, *, chunk_size, loss_fn, soft, scale, mixture):
+    return base.Objective(
+        name=name, data="prompts", init=base.no_state,
+        prepare=functools.partial(_prepare_pairs, name=name, chunk_size=chunk_size),
+        loss=functools.partial(_pair_loss, name=name, chunk_size=chunk_size, loss_fn=loss_fn,
+                               soft=soft, scale=scale),
+        update_state=base.keep_state, needs=("reference",), model="lm",
+        online=base.OnlineSpec(mixture=mixture, score="preference"))
+
+
+def make_online_dpo(cfg, *, chunk_size: int = 0) -> base.Objective:
+    """Online DPO: two policy samples, the judge's winner, the DPO loss (not Nash-seeking)."""
+    beta = float(cfg.beta)
+    return _pairs_objective("online_dpo", chunk_size=chunk_size,
+                            loss_fn=functools.partial(pairwise.dpo_loss, beta=beta),
+                            soft=cfg.labels == "soft", scale=beta, mixture=(0.0, 0.0))
+
+
+def make_online_ipo(cfg, *, chunk_size: int = 0) -> base.Objective:
+    """Online IPO (Calandriello et al., arXiv 2403.08635): two policy samples, soft or hard labels."""
+    tau = float(cfg.tau)
+    return _pairs_objective("online_ipo", chunk_size=chunk_size,
+                            loss_fn=functools.partial(pairwise.ipo_loss, tau=tau),
+                            soft=cfg.labels == "soft", scale=tau, mixture=(0.0, 0.0))
+
+
+def make_ipo_md(cfg, *, chunk_size: int = 0) -> base.Objective:
+    """IPO-MD(β) (arXiv 2403.08635): online IPO with both samples from the β-mixture."""
+    tau, beta = float(cfg.tau), float(cfg.mixture_beta)
+    return _pairs_objective("ipo_md", chunk_size=chunk_size,
+                            loss_fn=functools.partial(pairwise.ipo_loss, tau=tau),
+                            soft=cfg.labels == "soft", scale=tau, mixture=(beta, beta))
+
+
+def _prepare_nash(models, batch, obj_state, *, rng, chunk_size):
+    """Reference token log-probs of the policy's sample a (the only one trained on)."""
+    del obj_state, rng
+    _check_rollout(batch, "nash_md")
+    if REF_TOKENS in batch:
+        return batch
+    if models.reference is None:
+        raise ValueError("nash_md needs the reference model or 'ref_chosen_token_logp' in the batch")
+    ref = logprobs.shifted_logprobs(models.reference, batch["chosen_tokens"],
+                                    batch["chosen_input_mask"], chunk_size=chunk_size)
+    return {**batch, REF_TOKENS: jax.lax.stop_gradient(ref)}
+
+
+def _nash_loss(model, batch, obj_state, *, rng, chunk_size, tau, variant):
+    del obj_state, rng
+    _check_rollout(batch, "nash_md")
+    logp_MxL = logprobs.shifted_logprobs(model, batch["chosen_tokens"], batch["chosen_input_mask"],
+                                         chunk_size=chunk_size)
+    ref_MxL = jax.lax.stop_gradient(batch[REF_TOKENS])
+    mask_MxL = batch["chosen_loss_mask"].astype(jnp.float32)
+    pref = jax.lax.stop_gradient(batch["pref"].astype(jnp.float32))
+    if variant == "exact":
+        loss_M = online_math.nash_md_pg_loss(logp_MxL, ref_MxL, mask_MxL, pref, tau=tau)
+    else:
+        loss_M = online_math.nash_md_pg_trl_loss(logp_MxL, ref_MxL, mask_MxL, pref, kl_coef=tau)
+    m = jnp.asarray(loss_M.shape[0], jnp.float32)
+    kl_M = jnp.sum(jnp.where(mask_MxL > 0, jax.lax.stop_gradient(logp_MxL) - ref_MxL, 0.0), -1)
+    metrics = {"pref": base.ratio(jnp.sum(pref), m),
+               "logratio_a": base.ratio(jnp.sum(kl_M), m)}
+    return base.LossOut(jnp.sum(loss_M), m, metrics)
+
+
+def make_nash_md(cfg, *, chunk_size: int = 0) -> base.Objective:
+    """Nash-MD-PG (Munos et al., arXiv 2312.00886): y ~ π_θ against y' from the β-mixture.
+
+    variant="exact": the policy gradient ∇log π(y)·[P(y ≻ y') − ½ − τ log(π/μ)] with the KL
+    term as reward-to-go per token; variant="trl": TRL NashMDTrainer's surrogate (each token's
+    own log-ratio, coefficient τ), for comparison with that library.
+    """
+    tau, beta = float(cfg.tau), float(cfg.mixture_beta)
+    return base.Objective(
+        name="nash_md", data="prompts", init=base.no_state,
+        prepare=functools.partial(_prepare_nash, chunk_size=chunk_size),
+        loss=functools.partial(_nash_loss, chunk_size=chunk_size, tau=tau, variant=cfg.variant),
+        update_state=base.keep_state, needs=("reference",), model="lm",
+        online=base.OnlineSpec(mixture=(0.0, beta), score="preference"))
+
+
+config_lib.register_objective_schema("online_dpo", {"beta": 0.1, "labels": "hard"},
+                                     choices={"labels": LABELS})
+config_lib.register_objective_schema("online_ipo", {"tau": 0.1, "labels": "soft"},
+                                     choices={"labels": LABELS})
+config_lib.register_objective_schema("ipo_md", {"tau": 0.1, "mixture_beta": 0.125,
+                                                "labels": "soft"}, choices={"labels": LABELS})
+config_lib.register_objective_schema("nash_md", {"tau": 0.1, "mixture_beta": 0.125,
+                                                 "variant": "exact"},
+                                     choices={"variant": NASH_VARIANTS})
+
+OBJECTIVES = {"online_dpo": make_online_dpo, "online_ipo": make_online_ipo,
+              "ipo_md": make_ipo_md, "nash_md": make_nash_md}
