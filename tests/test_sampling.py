@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from align import sampling
+from align import config as config_lib
+from align import logprobs, sampling
+from align import mesh as mesh_lib
 from align.models import transformer as tr
+from align.train import state as state_lib
 
 CFG = tr.TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                            d_ff=64, max_len=32, init_std=0.3)
@@ -48,6 +51,10 @@ def test_greedy_equals_full_forward_argmax(model):
     chosen_BxN = jnp.take_along_axis(logp_BxNxV, out["tokens_BxN"][..., None], -1)[..., 0]
     np.testing.assert_allclose(out["logp_BxN"], chosen_BxN, atol=1e-5)
     assert len(set(np.asarray(out["tokens_BxN"]).ravel().tolist())) > 1
+    again = sampling.generate(model, tokens_BxP, mask_BxP, example_ids_B=jnp.arange(3, 6),
+                              rng=jax.random.key(1), max_new_tokens=N, eos_id=-1, greedy=True)
+    for key in out:
+        np.testing.assert_array_equal(again[key], out[key])  # greedy ignores keys
 
 
 def test_mask_ends_at_eos(model):
@@ -153,3 +160,242 @@ def test_bad_arguments_raise(model):
         sampling.generate(model, tokens_BxP, mask_BxP, max_new_tokens=0, **kwargs)
     with pytest.raises(ValueError, match="max_len"):
         sampling.generate(model, tokens_BxP, mask_BxP, max_new_tokens=40, **kwargs)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        sampling.generate(model, tokens_BxP, mask_BxP, max_new_tokens=4, top_p=0.0, **kwargs)
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\]"):
+        sampling.generate(model, tokens_BxP, mask_BxP, max_new_tokens=4, beta=1.5,
+                          reference_model=model, **kwargs)
+    with pytest.raises(ValueError, match="must have a 'sample' entry"):
+        sampling.named_logprobs({"policy": jnp.zeros((1, 4))})
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-p, the geometric mixture, reported log-probs, eos flags, recompilation and sharding.
+
+@pytest.fixture(scope="module")
+def ref_model():
+    return tr.Transformer(CFG, rngs=nnx.Rngs(1))
+
+
+def _oracle_sampling_probs(logp_BxV, temperature, top_k, top_p):
+    """float64 NumPy: temperature, then top-k, then the smallest nucleus with mass >= top_p."""
+    x = np.asarray(logp_BxV, np.float64) / temperature
+    out = np.zeros_like(x)
+    for b, row in enumerate(x):
+        order = np.argsort(-row, kind="stable")
+        if top_k:
+            row = np.where(row >= row[order[top_k - 1]], row, -np.inf)
+        probs = np.exp(row - row.max())
+        probs /= probs.sum()
+        cum = np.cumsum(probs[order])
+        n_keep = int(np.searchsorted(cum, top_p - 1e-12) + 1)  # first index with cum >= p
+        keep = np.zeros(row.shape, bool)
+        keep[order[:n_keep]] = True
+        kept = np.where(keep, probs, 0.0)
+        out[b] = kept / kept.sum()
+    return out
+
+
+def test_top_p_keeps_smallest_set_with_enough_mass():
+    logp_BxV = jax.nn.log_softmax(2.0 * jax.random.normal(jax.random.key(3), (6, 12)))
+    traced = jax.jit(sampling.sampling_logprobs, static_argnames=("top_k",))
+    for temperature, top_k, top_p in ((1.0, 0, 0.3), (0.8, 0, 0.6), (1.3, 5, 0.9),
+                                      (1.0, 3, 0.5), (0.7, 0, 1.0)):
+        want_BxV = _oracle_sampling_probs(logp_BxV, temperature, top_k, top_p)
+        for fn in (sampling.sampling_logprobs, traced):
+            got_BxV = fn(logp_BxV, temperature=temperature, top_k=top_k, top_p=top_p)
+            np.testing.assert_allclose(np.exp(got_BxV), want_BxV, atol=1e-6)
+            np.testing.assert_array_equal(np.isfinite(got_BxV), want_BxV > 0)
+    # Hand example: {0.4} has mass 0.4 < 0.6, {0.4, 0.3} reaches 0.7.
+    got_V = sampling.sampling_logprobs(jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4]])),
+                                       temperature=1.0, top_p=0.6)[0]
+    np.testing.assert_allclose(np.exp(got_V), [0, 0, 3 / 7, 4 / 7], atol=1e-6)
+    # A traced p of 1 keeps tokens whose running mass rounds to 1 in fp32.
+    tiny_V = jax.nn.log_softmax(jnp.array([[10.0, 0.0, -30.0, -60.0]]))
+    assert bool(jnp.all(jnp.isfinite(traced(tiny_V, temperature=1.0, top_p=jnp.float32(1.0)))))
+
+
+def test_top_p_sampling_frequencies():
+    probs_V = jnp.array([0.1, 0.2, 0.3, 0.4])
+    policy = table_policy(probs_V, eos_id=0, eos_from_step=1_000, calls=[])
+    b = 4000
+    out = jax.jit(lambda p: sampling.sample(
+        policy, jnp.zeros((b, 2), jnp.int32), jnp.ones((b, 2)), example_ids_B=jnp.arange(b),
+        rng=jax.random.key(4), max_new_tokens=1, eos_id=-1, temperature=0.9, top_k=3,
+        top_p=p))(jnp.float32(0.75))
+    want_V = _oracle_sampling_probs(np.log(np.asarray(probs_V))[None], 0.9, 3, 0.75)[0]
+    assert want_V[0] == 0 and want_V[1] == 0  # top-k drops 0.1, then the nucleus drops 0.2
+    freq_V = np.bincount(np.asarray(out["tokens_BxN"][:, 0]), minlength=4) / b
+    np.testing.assert_allclose(freq_V, want_V, atol=0.03)
+    with np.errstate(divide="ignore"):
+        want_logp_V = np.log(want_V)
+    np.testing.assert_allclose(out["logp_BxN"][:, 0], want_logp_V[out["tokens_BxN"][:, 0]],
+                               rtol=1e-5)
+    # The policy log-prob is the untempered, uncut one.
+    np.testing.assert_allclose(out["policy_logp_BxN"][:, 0],
+                               np.log(np.asarray(probs_V))[out["tokens_BxN"][:, 0]], rtol=1e-6)
+
+
+@jax.jit
+def teacher_force(model, ref_model, beta, tokens_BxP, mask_BxP, tokens_BxN):
+    """The mixture policy's named log-prob vectors [B, N, V] at every step of a fixed path."""
+    policy = sampling.mixture_policy(model, ref_model, beta)
+    logps, state = policy.prefill_fn(tokens_BxP, mask_BxP, tokens_BxP.shape[1] + N)
+
+    def step(state, token_B):
+        logps, state = policy.step_fn(token_B, jnp.ones_like(token_B, jnp.bool_), state)
+        return state, sampling.named_logprobs(logps)
+
+    _, rest = jax.lax.scan(step, state, tokens_BxN.T[:-1])
+    first = sampling.named_logprobs(logps)
+    return jax.tree.map(lambda a, r: jnp.moveaxis(jnp.concatenate([a[None], r]), 0, 1),
+                        first, rest)
+
+
+def full_forward_path(m, tokens_BxP, mask_BxP, path_BxN):
+    """float64 next-token log-probs [B, N, V] for every completion position, by full forward."""
+    tokens_BxT = jnp.concatenate([tokens_BxP, path_BxN], axis=1)
+    mask_BxT = jnp.concatenate([mask_BxP, jnp.ones(path_BxN.shape)], axis=1)
+    return np.asarray(full_logprobs(m, tokens_BxT, mask_BxT)[:, P - 1:-1], np.float64)
+
+
+def test_cached_decoding_equals_full_forward_at_every_position(model, ref_model):
+    tokens_BxP, mask_BxP = prompts()
+    path_BxN = jax.random.randint(jax.random.key(5), (3, N), 0, CFG.vocab_size)
+    got = teacher_force(model, ref_model, jnp.float32(0.3), tokens_BxP, mask_BxP, path_BxN)
+    for name, m in (("policy", model), ("reference", ref_model)):
+        np.testing.assert_allclose(got[name], full_forward_path(m, tokens_BxP, mask_BxP, path_BxN),
+                                   atol=2e-5)
+
+
+# One static sampler configuration (top_k, top_p < 1, N) shared by the tests below: one compile.
+SAMPLER = dict(max_new_tokens=N, top_k=20, top_p=0.9)
+
+
+def test_mixture_sampler_is_geometric_mixture_and_reports_teacher_forced_logprobs(model,
+                                                                                  ref_model):
+    tokens_BxP, mask_BxP = prompts()
+    beta = 0.3
+    out = sampling.generate(model, tokens_BxP, mask_BxP, example_ids_B=jnp.arange(3),
+                            rng=jax.random.key(11), eos_id=7, temperature=0.7,
+                            reference_model=ref_model, beta=beta, **SAMPLER)
+    path_BxN = out["tokens_BxN"]
+    got = teacher_force(model, ref_model, jnp.float32(beta), tokens_BxP, mask_BxP, path_BxN)
+    logp_BxNxV = full_forward_path(model, tokens_BxP, mask_BxP, path_BxN)
+    ref_BxNxV = full_forward_path(ref_model, tokens_BxP, mask_BxP, path_BxN)
+    mixed_BxNxV = (1 - beta) * logp_BxNxV + beta * ref_BxNxV
+    mixed_BxNxV -= np.log(np.exp(mixed_BxNxV).sum(-1, keepdims=True))
+    np.testing.assert_allclose(got["sample"], mixed_BxNxV, atol=2e-5)
+    # The mixture differs from both components, so the check above could fail.
+    for component_BxNxV in (logp_BxNxV, ref_BxNxV):
+        assert np.abs(mixed_BxNxV - component_BxNxV).max() > 0.1
+    # Temperature, top-k and top-p act on the mixture: the sampled log-probs say so.
+    mask_BxN = np.asarray(out["mask_BxN"])
+    want_BxN = np.zeros((3, N))
+    for i in range(N):
+        probs_BxV = _oracle_sampling_probs(mixed_BxNxV[:, i], 0.7, 20, 0.9)
+        with np.errstate(divide="ignore"):
+            want_BxN[:, i] = np.log(probs_BxV[np.arange(3), np.asarray(path_BxN[:, i])])
+    np.testing.assert_allclose(out["logp_BxN"], want_BxN * mask_BxN, atol=2e-5)
+    # policy / reference log-probs of the chosen tokens are the teacher-forced ones.
+    tokens_BxT = jnp.concatenate([tokens_BxP, path_BxN], axis=1)
+    mask_BxT = jnp.concatenate([mask_BxP, out["mask_BxN"]], axis=1)
+    for name, m in (("policy_logp_BxN", model), ("ref_logp_BxN", ref_model)):
+        want_BxN = logprobs.shifted_logprobs(m, tokens_BxT, mask_BxT)[:, P:] * mask_BxN
+        np.testing.assert_allclose(out[name], want_BxN, atol=2e-5)
+    assert not np.allclose(out["logp_BxN"], out["policy_logp_BxN"], atol=1e-3)
+    ended_B = np.any((np.asarray(path_BxN) == 7) & (mask_BxN > 0), axis=1)
+    np.testing.assert_array_equal(out["finished_B"], ended_B)
+
+
+def test_beta_zero_mixture_samples_exactly_the_policy(model, ref_model):
+    tokens_BxP, mask_BxP = prompts()
+    kwargs = dict(example_ids_B=jnp.arange(3), rng=jax.random.key(9), eos_id=5,
+                  temperature=1.3, **SAMPLER)
+    alone = sampling.generate(model, tokens_BxP, mask_BxP, **kwargs)
+    mixed = sampling.generate(model, tokens_BxP, mask_BxP, reference_model=ref_model, beta=0.0,
+                              **kwargs)
+    for key in alone:
+        np.testing.assert_array_equal(mixed[key], alone[key])
+    assert "ref_logp_BxN" in mixed and "ref_logp_BxN" not in alone
+    other = sampling.generate(model, tokens_BxP, mask_BxP, reference_model=ref_model, beta=0.5,
+                              **kwargs)
+    assert not np.array_equal(other["tokens_BxN"], alone["tokens_BxN"])
+
+
+def scripted_policy(script_BxN, vocab):
+    """A stand-in policy that emits script_BxN[b, step] with certainty."""
+    script_BxN = jnp.asarray(script_BxN, jnp.int32)
+
+    def logp(step):
+        onehot_BxV = jax.nn.one_hot(script_BxN[:, jnp.minimum(step, script_BxN.shape[1] - 1)],
+                                    vocab)
+        return jnp.where(onehot_BxV > 0, 0.0, -jnp.inf)
+
+    return sampling.Policy(lambda t, m, n: (logp(0), jnp.ones((), jnp.int32)),
+                           lambda tok, m, step: (logp(step), step + 1))
+
+
+def test_eos_masks_come_from_the_sampler_even_when_pad_equals_eos(model):
+    eos = 0
+    policy = scripted_policy([[5, 6, eos, 7, 8], [5, 6, 7, 8, 9], [eos, 1, 2, 3, 4]], vocab=10)
+    run = jax.jit(lambda pad_id: sampling.sample(
+        policy, jnp.full((3, 2), eos), jnp.array([[0, 1]] * 3), example_ids_B=jnp.arange(3),
+        rng=jax.random.key(0), max_new_tokens=5, eos_id=eos, pad_id=pad_id))
+    for pad_id in (eos, 9):
+        out = run(pad_id)
+        np.testing.assert_array_equal(out["mask_BxN"], [[1, 1, 1, 0, 0], [1] * 5, [1, 0, 0, 0, 0]])
+        np.testing.assert_array_equal(
+            out["tokens_BxN"], [[5, 6, eos, pad_id, pad_id], [5, 6, 7, 8, 9],
+                                [eos] + [pad_id] * 4])
+        np.testing.assert_array_equal(out["finished_B"], [True, False, True])
+        np.testing.assert_array_equal(out["logp_BxN"], 0.0)
+    # A model prompt left-padded with the eos id samples as one padded with any other id.
+    tokens_BxP, mask_BxP = prompts()
+    kwargs = dict(example_ids_B=jnp.arange(3), rng=jax.random.key(3), eos_id=2, pad_id=2,
+                  temperature=1.5, **SAMPLER)
+    outs = [sampling.generate(model, jnp.where(mask_BxP > 0, tokens_BxP, pad), mask_BxP, **kwargs)
+            for pad in (2, 17)]
+    for key in outs[0]:
+        np.testing.assert_allclose(outs[0][key], outs[1][key], atol=1e-6)
+
+
+def test_sharded_sampling_equals_single_device_and_never_recompiles(model, ref_model):
+    mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    rules = mesh_lib.logical_rules(config_lib.default_config().mesh.rules)
+    model_def = state_lib.describe(lambda rngs: tr.Transformer(CFG, rngs=rngs))
+    param_sh = mesh_lib.tree_shardings(model_def.abstract_params, model_def.names, rules, mesh)
+    params = [nnx.to_pure_dict(nnx.state(m, nnx.Param)) for m in (model, ref_model)]
+    b = 8
+
+    def batch(seed):
+        tokens_BxP, mask_BxP = prompts(b=b, seed=seed)
+        return {"tokens": np.asarray(tokens_BxP), "mask": np.asarray(mask_BxP),
+                "ids": np.arange(100, 100 + b)}
+
+    traces = []
+
+    def fn(params, ref_params, batch, rng, beta):
+        traces.append(1)  # runs only while tracing
+        policy = sampling.mixture_policy(state_lib.bind(model_def, params),
+                                         state_lib.bind(model_def, ref_params), beta)
+        return sampling.sample(policy, batch["tokens"], batch["mask"], example_ids_B=batch["ids"],
+                               rng=rng, max_new_tokens=N, eos_id=3, temperature=1.2, top_k=40,
+                               top_p=0.95)
+
+    args = (jax.random.key(5), jnp.float32(0.25))
+    single = jax.jit(fn)(*params, batch(4), *args)
+    sharded_params = [jax.device_put(p, param_sh) for p in params]
+    assert not sharded_params[0]["embed"].sharding.is_fully_replicated
+    sharded_fn = jax.jit(mesh_lib.traced_under(fn, mesh, rules))
+    sharded = sharded_fn(*sharded_params, mesh_lib.to_global(batch(4), mesh, rules), *args)
+    assert len(sharded["tokens_BxN"].sharding.device_set) == 8
+    for key in single:
+        np.testing.assert_allclose(np.asarray(sharded[key]), np.asarray(single[key]), atol=1e-5)
+    assert len(set(np.asarray(single["tokens_BxN"]).ravel().tolist())) > 3
+    # New parameters, prompts, key and beta of the same shapes reuse the compiled sampler.
+    assert len(traces) == 2
+    other = sharded_fn(*sharded_params[::-1], mesh_lib.to_global(batch(6), mesh, rules),
+                       jax.random.key(6), jnp.float32(0.8))
+    assert len(traces) == 2
+    assert not np.array_equal(other["tokens_BxN"], single["tokens_BxN"])
