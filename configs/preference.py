@@ -20,6 +20,9 @@ TUNED = {
 def get_config(arg=None):
     args = config_lib.parse_config_arg(
         arg, defaults={"objective": "dpo", "size": "small", "steps": 300, "sft_steps": 600})
+    if args["objective"] not in names():
+        raise ValueError(f"configs/preference.py trains {', '.join(names())}; "
+                         f"got {args['objective']!r}")
     cfg = common.base()
     common.model(cfg, args["size"], max_len=64)
     common.reviews_data(cfg, num_train=8192, list_size=4)
@@ -32,4 +35,6 @@ def get_config(arg=None):
 
 def names() -> list[str]:
     """The objectives this config can train (the offline preference ones)."""
-    return [n for n in objectives.names() if n not in ("sft", "reward_model", "preference_model")]
+    from configs import online
+    return [n for n in objectives.names()
+            if n not in ("sft", "reward_model", "preference_model") + online.NAMES]
