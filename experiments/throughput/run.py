@@ -73,6 +73,13 @@ def _batch(objective: str, batch: int, seq: int, vocab: int) -> dict[str, np.nda
     return {f"{side}_{k}": v for side in ("chosen", "rejected") for k, v in row().items()}
 
 
+def save_results(path: str, device, peak: float, rows: list[dict]) -> None:
+    """The measured rows as JSON, with the device and its measured matmul peak."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"device": device.device_kind, "peak_flops": peak, "rows": rows}, f, indent=1)
+
+
 def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int,
           chunk_size: int, peak: float, objective: str = "sft") -> dict:
     """Times one objective's train step. DPO: `batch` pairs, policy and in-step reference.
@@ -185,10 +192,7 @@ def main(argv=None) -> int:
               f"{r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['model_tflops_per_s']:.3f} | "
               f"{100 * r['mfu']:.1f}% | {r['peak_memory_gib']:.2f} GiB ({r['memory_kind']}) |")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"device": device.device_kind, "peak_flops": peak, "rows": rows}, f,
-                      indent=1)
+        save_results(args.out, device, peak, rows)
     return 0
 
 

@@ -180,10 +180,7 @@ def main(argv=None) -> int:
               f"{100 * r['decode_mfu']:.1f}% | {r['peak_memory_gib']:.2f} GiB "
               f"({r['memory_kind']}) |")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump({"device": device.device_kind, "peak_flops": peak, "rows": rows}, f,
-                      indent=1)
+        _RUN.save_results(args.out, device, peak, rows)
     return 0
 
 
