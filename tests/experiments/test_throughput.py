@@ -17,7 +17,7 @@ def _load(name):
 def test_train_step_benchmark_reports_its_fields():
     run = _load("run")
     for objective in ("sft", "dpo"):
-        r = run.bench("1m", batch=2, seq=16, dtype="float32", remat="none", steps=1,
+        r = run.bench("1m", batch=8, seq=16, dtype="float32", remat="none", steps=1,
                       chunk_size=0, peak=1e12, objective=objective)
         assert r["objective"] == objective and r["tokens_per_s"] > 0 and r["mfu"] > 0
         assert r["peak_memory_gib"] > 0
