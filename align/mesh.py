@@ -142,6 +142,20 @@ def batch_divisor(mesh: Mesh, rules=None) -> int:
     return int(np.prod([mesh.shape[a] for a in axes]))
 
 
+def to_host(tree):
+    """Global arrays as NumPy on every process (gathered across hosts when there are several)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
+
+
+def put_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules=None) -> dict[str, jax.Array]:
+    """A whole global batch, the same on every process, sharded along the batch dim."""
+    return {k: jax.device_put(v, batch_sharding(mesh, rules, np.ndim(v)))
+            for k, v in batch.items() if np.asarray(v).dtype != object}
+
+
 def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, rules=None) -> dict[str, jax.Array]:
     """Assembles each process's rows into global arrays sharded along the batch dim."""
     out = {}

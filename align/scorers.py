@@ -61,10 +61,7 @@ class _ModelScorer:
 
     @staticmethod
     def _host(x) -> np.ndarray:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            x = multihost_utils.process_allgather(x, tiled=True)
-        return np.asarray(x, np.float64)
+        return mesh_lib.to_host(x).astype(np.float64)
 
 
 class RewardModelScorer(_ModelScorer):

@@ -58,13 +58,6 @@ def _per_process(global_batch: int, divisor: int, what: str) -> int:
     return global_batch // jax.process_count()
 
 
-def _gather(tree):
-    if jax.process_count() == 1:
-        return jax.tree.map(np.asarray, tree)
-    from jax.experimental import multihost_utils
-    return multihost_utils.process_allgather(tree, tiled=True)
-
-
 class Trainer:
     """Everything one run needs, built from a validated config."""
 
@@ -200,7 +193,7 @@ class Trainer:
                                              rng=jax.random.key(0))
                 return {k: v for k, v in out.items() if k not in b}
             self._jitted["reference"] = jax.jit(mesh_lib.traced_under(added, self.mesh, self.rules))
-        return _gather(self._jitted["reference"](self.reference, gbatch))
+        return mesh_lib.to_host(self._jitted["reference"](self.reference, gbatch))
 
     # Steps -----------------------------------------------------------------------------------
     def train_step(self, state, batch, *, full: bool = False):
@@ -209,7 +202,7 @@ class Trainer:
         full: the batch is the whole global batch, the same on every process (online rollouts);
         otherwise each process passes its own rows.
         """
-        gbatch = (self._on_devices(batch) if full
+        gbatch = (mesh_lib.put_global(batch, self.mesh, self.rules) if full
                   else mesh_lib.to_global(batch, self.mesh, self.rules))
         if "train" not in self._jitted:
             self._jitted["train"] = step_lib.jit_train_step(
@@ -253,10 +246,6 @@ class Trainer:
             num_epochs=1, pad_id=self.pad_id, process_index=0, process_count=1)
         return next(iter(it))
 
-    def _on_devices(self, batch):
-        return {k: jax.device_put(v, mesh_lib.batch_sharding(self.mesh, self.rules, v.ndim))
-                for k, v in batch.items() if v.dtype != object}
-
     def _sample(self, params, batch, key):
         if "sample" not in self._jitted:
             e = self.cfg.eval
@@ -275,7 +264,7 @@ class Trainer:
                     state_lib.bind(self.model_def, p), state_lib.bind(self.model_def, r), b, s,
                     chunk_size=self.cfg.logprobs.chunk_size)
             self._jitted["kl"] = jax.jit(mesh_lib.traced_under(fn, self.mesh, self.rules))
-        return _gather(self._jitted["kl"](params, self.reference, batch, samples))
+        return mesh_lib.to_host(self._jitted["kl"](params, self.reference, batch, samples))
 
     def sample_eval(self, state, step: int) -> dict[str, Any]:
         """Policy samples with their gold reward; against the reference: win rate and KL."""
@@ -283,10 +272,10 @@ class Trainer:
             return {}
         batch = self._prompt_batch()
         prompts = [str(t) for t in batch["prompt_text"]]
-        dbatch = self._on_devices(batch)
+        dbatch = mesh_lib.put_global(batch, self.mesh, self.rules)
         key = jax.random.fold_in(step_lib.stream_key(state["rng"], "sample"), step)
         samples = self._sample(state["params"], dbatch, key)
-        host = _gather(samples)
+        host = mesh_lib.to_host(samples)
         result = {"prompts": prompts, "completions": policy_eval.decode(self.data.tokenizer, host),
                   "lengths": host["mask"].sum(-1)}
         if self.data.world is not None:
@@ -297,7 +286,7 @@ class Trainer:
                 if self._reference_samples is None:
                     # The reference never changes: its samples are drawn once, on a fixed key.
                     ref_key = step_lib.stream_key(state["rng"], "reference_sample")
-                    ref = _gather(self._sample(self.reference, dbatch, ref_key))
+                    ref = mesh_lib.to_host(self._sample(self.reference, dbatch, ref_key))
                     texts = policy_eval.decode(self.data.tokenizer, ref)
                     self._reference_samples = self.data.world.gold_rewards(prompts, texts)
                 result["reference_gold"] = self._reference_samples
@@ -423,7 +412,7 @@ class Trainer:
         def score_fn(tokens, input_mask):
             b = mesh_lib.to_global({"tokens": tokens, "input_mask": input_mask}, self.mesh,
                                    self.rules)
-            return _gather(self._jitted["offset"](state["params"], b))
+            return mesh_lib.to_host(self._jitted["offset"](state["params"], b))
 
         c = self.cfg.data
         it = pipeline.sft_batches(

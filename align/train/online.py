@@ -97,7 +97,7 @@ class Rollouts:
     def collect(self, state, prompts: dict[str, np.ndarray], step: int):
         """(rollout batch of full host arrays, rollout metrics) for one training step."""
         t = self.t
-        dbatch = t._on_devices(prompts)
+        dbatch = mesh_lib.put_global(prompts, t.mesh, t.rules)
         texts_prompt = [str(x) for x in prompts["prompt_text"]]
         key = jax.random.fold_in(step_lib.stream_key(state["rng"], "train_sample"), step)
         start = time.perf_counter()
@@ -108,7 +108,7 @@ class Rollouts:
             slot_batch["example_id"] = dbatch["example_id"] * len(self.spec.mixture) + slot
             fn = self._sampler(beta > 0)
             out = fn(state["params"], t.reference, np.float32(beta), slot_batch, key)
-            samples.append(jax.tree.map(np.asarray, _gather(out)))
+            samples.append(mesh_lib.to_host(out))
         sample_s = time.perf_counter() - start
         texts = [policy_eval.decode(t.data.tokenizer, s) for s in samples]
         seqs = [join_host(prompts["prompt_tokens"], prompts["prompt_mask"], s["tokens"],
@@ -141,9 +141,3 @@ def minibatches(rollout: dict[str, np.ndarray], n: int):
         raise ValueError(f"online.minibatches={n} does not divide the {m} rollout rows")
     return [{k: v[i::n] for k, v in rollout.items()} for i in range(n)]
 
-
-def _gather(tree):
-    if jax.process_count() == 1:
-        return tree
-    from jax.experimental import multihost_utils
-    return multihost_utils.process_allgather(tree, tiled=True)
