@@ -84,6 +84,14 @@ def run(cfg, workdir: str) -> str:
             print(f"== first: {cfg.init.config} in {parent_dir}", flush=True)
             parent_text = run(config_lib.resolve(cfg.init.config, overrides), parent_dir)
             print(parent_text, flush=True)
+    previous = os.path.join(workdir, "config.json")
+    if os.path.exists(previous):
+        # Resuming is only meaningful for the same kind of run: another objective's checkpoints
+        # may even have the same structure and would be picked up silently.
+        old = config_lib.config_from_json(previous)
+        if old.objective.name != cfg.objective.name:
+            raise ValueError(f"{workdir} holds a {old.objective.name!r} run; "
+                             f"train {cfg.objective.name!r} in another workdir")
     os.makedirs(workdir, exist_ok=True)
     config_lib.write_config(cfg, workdir)
     print(f"== {cfg.objective.name} in {workdir}\n{config_lib.describe(cfg)}", flush=True)

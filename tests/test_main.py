@@ -37,3 +37,11 @@ def test_stray_argument_is_rejected(tmp_path, capsys):
         main_lib.main(["--config", CONFIG, "--workdir", str(tmp_path), "--lr=3"])
     assert e.value.code == 2
     assert "--config.optim.lr=3e-4" in capsys.readouterr().err
+
+
+def test_a_workdir_of_another_objective_is_refused(tmp_path, capsys):
+    from align import config as config_lib
+    other = config_lib.resolve(os.path.join(ROOT, "configs", "preference.py"), [])
+    config_lib.write_config(other, str(tmp_path / "w"))
+    code, err = _run(tmp_path, capsys)
+    assert code == 2 and "holds a 'dpo' run" in err
