@@ -9,7 +9,6 @@ import os
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 
 from align import mesh as mesh_lib
 from align.data import builders
@@ -95,5 +94,5 @@ def demo_gold_reward(source) -> tuple[float, float]:
     n = len(source)
     if n == 0 or "gold_reward" not in source[0]:
         return float("nan"), float("nan")
-    gold = np.asarray([float(source[i]["gold_reward"]) for i in range(n)])
-    return float(gold.mean()), float(gold.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    from align.evaluate.policy import mean_and_se
+    return mean_and_se([float(source[i]["gold_reward"]) for i in range(n)])

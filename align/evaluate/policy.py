@@ -23,13 +23,19 @@ def sample_fn(policy_model, batch, key, *, max_new_tokens: int, temperature: flo
 
 
 def join(prompt_tokens_BxP, prompt_mask_BxP, tokens_BxN, mask_BxN):
-    """Prompt + completion as one sequence, with the completion as the loss mask."""
-    tokens_BxL = jnp.concatenate([prompt_tokens_BxP, tokens_BxN.astype(prompt_tokens_BxP.dtype)],
-                                 axis=1)
-    comp_mask_BxN = mask_BxN.astype(jnp.int32)
-    input_mask_BxL = jnp.concatenate([prompt_mask_BxP.astype(jnp.int32), comp_mask_BxN], axis=1)
-    loss_mask_BxL = jnp.concatenate([jnp.zeros_like(prompt_mask_BxP, jnp.int32), comp_mask_BxN],
+    """Prompt + completion as one sequence, with the completion as the loss mask.
+
+    NumPy in, NumPy out (host rollouts); jax arrays in, jax arrays out (inside jit).
+    """
+    xp = jnp if isinstance(tokens_BxN, jax.Array) else np
+    comp_mask_BxN = (xp.asarray(mask_BxN) > 0).astype(xp.int32)
+    tokens_BxL = xp.concatenate(
+        [xp.asarray(prompt_tokens_BxP), xp.asarray(tokens_BxN).astype(prompt_tokens_BxP.dtype)],
+        axis=1).astype(xp.int32)
+    input_mask_BxL = xp.concatenate([xp.asarray(prompt_mask_BxP).astype(xp.int32), comp_mask_BxN],
                                     axis=1)
+    loss_mask_BxL = xp.concatenate([xp.zeros(prompt_mask_BxP.shape, xp.int32), comp_mask_BxN],
+                                   axis=1)
     return tokens_BxL, input_mask_BxL, loss_mask_BxL
 
 

@@ -25,16 +25,6 @@ from align.train import state as state_lib
 from align.train import step as step_lib
 
 
-def join_host(prompt_tokens_BxP, prompt_mask_BxP, tokens_BxN, mask_BxN):
-    """Prompt + completion rows with the completion as the loss mask (NumPy)."""
-    mask_BxN = (np.asarray(mask_BxN) > 0).astype(np.int32)
-    tokens_BxL = np.concatenate([np.asarray(prompt_tokens_BxP), np.asarray(tokens_BxN)], 1)
-    input_mask_BxL = np.concatenate([np.asarray(prompt_mask_BxP, np.int32), mask_BxN], 1)
-    loss_mask_BxL = np.concatenate([np.zeros_like(prompt_mask_BxP, np.int32), mask_BxN], 1)
-    return {"tokens": tokens_BxL.astype(np.int32), "input_mask": input_mask_BxL,
-            "loss_mask": loss_mask_BxL}
-
-
 class Rollouts:
     """Samples and scores the rollouts of an online objective for a Trainer."""
 
@@ -111,8 +101,9 @@ class Rollouts:
             samples.append(mesh_lib.to_host(out))
         sample_s = time.perf_counter() - start
         texts = [policy_eval.decode(t.data.tokenizer, s) for s in samples]
-        seqs = [join_host(prompts["prompt_tokens"], prompts["prompt_mask"], s["tokens"],
-                          s["mask"]) for s in samples]
+        seqs = [dict(zip(("tokens", "input_mask", "loss_mask"), policy_eval.join(
+            prompts["prompt_tokens"], prompts["prompt_mask"], s["tokens"], s["mask"])))
+            for s in samples]
         pref = self.scorer.preferences(
             texts_prompt, texts[0], texts[1], tokens_a=seqs[0]["tokens"],
             mask_a=seqs[0]["input_mask"], tokens_b=seqs[1]["tokens"],
