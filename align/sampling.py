@@ -176,6 +176,8 @@ def sample(policy: Policy, prompt_tokens_BxP, prompt_mask_BxP, *, example_ids_B,
       policy_logp_BxN  log pi_theta at temperature 1 without top-k / top-p (the Policy's
                      "policy" entry, else "sample");
       ref_logp_BxN   log pi_ref, only if the Policy returns "reference";
+      entropy_BxN    entropy of pi_theta's next-token distribution (as policy_logp_BxN) at
+                     each emitted token;
       finished_B     bool: the row emitted eos_id (False = cut at max_new_tokens).
     """
     prompt_tokens_BxP = jnp.asarray(prompt_tokens_BxP)
@@ -191,7 +193,8 @@ def sample(policy: Policy, prompt_tokens_BxP, prompt_mask_BxP, *, example_ids_B,
     vocab = logps[SAMPLE].shape[-1]
     if top_k > vocab:
         raise ValueError(f"sample: top_k={top_k} exceeds the vocabulary size {vocab}")
-    outputs = ["logp_BxN", "policy_logp_BxN"] + (["ref_logp_BxN"] if REFERENCE in logps else [])
+    outputs = (["logp_BxN", "policy_logp_BxN", "entropy_BxN"]
+               + (["ref_logp_BxN"] if REFERENCE in logps else []))
 
     def body(carry):
         i, logps, state, done_B, out = carry
@@ -205,8 +208,11 @@ def sample(policy: Policy, prompt_tokens_BxP, prompt_mask_BxP, *, example_ids_B,
         token_B = token_B.astype(jnp.int32)
         picked = lambda v_BxV: jnp.take_along_axis(
             v_BxV.astype(jnp.float32), token_B[:, None], axis=-1)[:, 0]
-        chosen = {"logp_BxN": picked(sample_logp_BxV),
-                  "policy_logp_BxN": picked(logps.get(POLICY, logps[SAMPLE]))}
+        policy_BxV = logps.get(POLICY, logps[SAMPLE]).astype(jnp.float32)
+        chosen = {"logp_BxN": picked(sample_logp_BxV), "policy_logp_BxN": picked(policy_BxV),
+                  # p·log p with p = 0 contributes 0, even where log p = -inf.
+                  "entropy_BxN": -jnp.sum(jnp.where(policy_BxV > -jnp.inf,
+                                                    jnp.exp(policy_BxV) * policy_BxV, 0.0), -1)}
         if REFERENCE in logps:
             chosen["ref_logp_BxN"] = picked(logps[REFERENCE])
         live_B = ~done_B

@@ -304,6 +304,11 @@ def test_mixture_sampler_is_geometric_mixture_and_reports_teacher_forced_logprob
         want_BxN = logprobs.shifted_logprobs(m, tokens_BxT, mask_BxT)[:, P:] * mask_BxN
         np.testing.assert_allclose(out[name], want_BxN, atol=2e-5)
     assert not np.allclose(out["logp_BxN"], out["policy_logp_BxN"], atol=1e-3)
+    # Entropy of π_θ's own next-token distribution (not the mixture's) at each emitted token.
+    want_BxN = -(np.exp(logp_BxNxV) * logp_BxNxV).sum(-1) * mask_BxN
+    np.testing.assert_allclose(out["entropy_BxN"], want_BxN, rtol=1e-4, atol=1e-5)
+    mixed_entropy_BxN = -(np.exp(mixed_BxNxV) * mixed_BxNxV).sum(-1) * mask_BxN
+    assert np.abs(mixed_entropy_BxN - want_BxN).max() > 1e-2
     ended_B = np.any((np.asarray(path_BxN) == 7) & (mask_BxN > 0), axis=1)
     np.testing.assert_array_equal(out["finished_B"], ended_B)
 

@@ -25,7 +25,7 @@ class LossOut(NamedTuple):
     metrics: Mapping[str, tuple[jax.Array, jax.Array]]
 
 
-MODEL_KINDS = ("lm", "scalar", "preference")
+MODEL_KINDS = ("lm", "lm_value", "scalar", "preference")
 
 
 class Models(NamedTuple):
@@ -44,6 +44,12 @@ class OnlineSpec(NamedTuple):
     score: str = "preference"  # "preference": P(a ≻ b) for the first two; "reward": per completion
 
 
+SCORES = ("preference", "reward")
+# Fields `prepare` adds to a rollout as per-row values [M] named ROLLOUT_STAT + name: the
+# online loop reports their means and hands them to `update_state` once per rollout.
+ROLLOUT_STAT = "rollout_"
+
+
 class Objective(NamedTuple):
     """What a config names: pure pieces closed over their settings with functools.partial.
 
@@ -54,10 +60,15 @@ class Objective(NamedTuple):
     loss(model, batch, obj_state, *, rng) -> LossOut, differentiable in the model's params.
     update_state(obj_state, metrics) -> obj_state after a step (e.g. an adaptive KL coefficient).
     data: the batches it reads ("sft", "pairs", "lists", "prompts").
-    model: the module it trains ("lm" policy, "scalar" reward/value model, "preference" model).
+    model: the module it trains ("lm" policy, "lm_value" policy with a value function,
+        "scalar" reward/value model, "preference" model).
     needs: other models ("reference",).
     online: for objectives trained on their own samples: what to sample and how to score it.
-        The online loop then calls `prepare` once per rollout and `loss` on its minibatches.
+        The online loop then calls `prepare` once per rollout, on the whole rollout and with
+        the parameters that sampled it (old log-probs, values, advantages), then
+        `update_state(obj_state, stats)` once, where stats holds the means of the
+        `rollout_*` fields prepare added (without the prefix) and "rows", the rollout size;
+        then `loss` on its minibatches, for several epochs.
     """
 
     name: str

@@ -33,11 +33,20 @@ def _check_rollout(batch, name):
                          f"present: {sorted(batch)}")
 
 
-def _prepare_pairs(models, batch, obj_state, *, rng, name, chunk_size):
+def _with_kl(batch, ref_a_M, a_from_policy: bool):
+    """Adds rollout_kl = log π_θ(a) − log μ(a) when a was sampled from π_θ (a KL estimate)."""
+    if not a_from_policy or "chosen_policy_logp" not in batch:
+        return batch
+    kl_M = batch["chosen_policy_logp"].astype(jnp.float32) - ref_a_M
+    return {**batch, base.ROLLOUT_STAT + "kl": jax.lax.stop_gradient(kl_M)}
+
+
+def _prepare_pairs(models, batch, obj_state, *, rng, name, chunk_size, a_from_policy):
     """Reference sums S_ref(a), S_ref(b) for the rollout (no gradient), once per rollout."""
     _check_rollout(batch, name)
-    return pairwise.add_reference_logprobs(models, batch, obj_state, rng=rng, name=name,
-                                           chunk_size=chunk_size)
+    out = pairwise.add_reference_logprobs(models, batch, obj_state, rng=rng, name=name,
+                                          chunk_size=chunk_size)
+    return _with_kl(out, out["ref_chosen_logp"], a_from_policy)
 
 
 def _pair_loss(model, batch, obj_state, *, rng, name, chunk_size, loss_fn, soft, scale):
@@ -65,7 +74,8 @@ def _pair_loss(model, batch, obj_state, *, rng, name, chunk_size, loss_fn, soft,
 def _pairs_objective(name, *, chunk_size, loss_fn, soft, scale, mixture):
     return base.Objective(
         name=name, data="prompts", init=base.no_state,
-        prepare=functools.partial(_prepare_pairs, name=name, chunk_size=chunk_size),
+        prepare=functools.partial(_prepare_pairs, name=name, chunk_size=chunk_size,
+                                  a_from_policy=mixture[0] == 0),
         loss=functools.partial(_pair_loss, name=name, chunk_size=chunk_size, loss_fn=loss_fn,
                                soft=soft, scale=scale),
         update_state=base.keep_state, needs=("reference",), model="lm",
@@ -104,9 +114,11 @@ def _prepare_nash(models, batch, obj_state, *, rng, chunk_size):
         return batch
     if models.reference is None:
         raise ValueError("nash_md needs the reference model or 'ref_chosen_token_logp' in the batch")
-    ref = logprobs.shifted_logprobs(models.reference, batch["chosen_tokens"],
-                                    batch["chosen_input_mask"], chunk_size=chunk_size)
-    return {**batch, REF_TOKENS: jax.lax.stop_gradient(ref)}
+    ref = jax.lax.stop_gradient(logprobs.shifted_logprobs(
+        models.reference, batch["chosen_tokens"], batch["chosen_input_mask"],
+        chunk_size=chunk_size))
+    ref_a_M = logprobs.sequence_logprobs(ref, batch["chosen_loss_mask"], reduction="sum")
+    return _with_kl({**batch, REF_TOKENS: ref}, ref_a_M, a_from_policy=True)
 
 
 def _nash_loss(model, batch, obj_state, *, rng, chunk_size, tau, variant):

@@ -6,6 +6,7 @@ objectives, reward and preference models. Dimension letters: B batch, N new toke
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -70,7 +71,8 @@ class Trainer:
         self.objective = objectives.make(cfg.objective, chunk_size=cfg.logprobs.chunk_size)
         self.parent = runs.require_finished(cfg.init.workdir, workdir) if cfg.init.workdir else None
 
-        kinds = {self.objective.data, "sft"} | ({"prompts"} if self.objective.model == "lm" else set())
+        self.is_policy = self.objective.model in ("lm", "lm_value")
+        kinds = {self.objective.data, "sft"} | ({"prompts"} if self.is_policy else set())
         self.data = sources.prepare(
             cfg, workdir, kinds=sorted(kinds),
             data_dir=self.parent.data_dir if self.parent and not cfg.data.data_dir else "",
@@ -81,6 +83,10 @@ class Trainer:
                           else model_config(cfg, tok.vocab_size))
         self.make_fn = runs.model_fn(self.objective.model, self.model_cfg, cfg.objective)
         self.model_def = state_lib.describe(self.make_fn)
+        # The reference (and every language model beside the trained one) as its own model
+        # when the trained module is not a plain language model.
+        self.lm_def = (self.model_def if self.objective.model == "lm" else state_lib.describe(
+            runs.model_fn("lm", self.model_cfg, cfg.objective)))
         # Online objectives take epochs x minibatches optimizer steps per rollout (= train step).
         self.updates_per_step = (cfg.online.epochs * cfg.online.minibatches
                                  if self.objective.online else 1)
@@ -110,16 +116,22 @@ class Trainer:
             self.parent_params, self.parent_kind, _ = runs.final_params(
                 self.parent, self.mesh, self.rules)
         self.reference = None  # frozen reference parameters (also used by evaluation)
-        if "reference" in self.objective.needs or (
-                self.objective.model == "lm" and self.parent_params is not None):
-            self.reference = (self.parent_params if self.parent_params is not None
-                              else self.init_fn()["params"])
+        if self.is_policy and ("reference" in self.objective.needs
+                               or self.parent_params is not None):
+            self.reference = (
+                runs.lm_params(self.parent_params, self.parent_kind)
+                if self.parent_params is not None
+                else runs.lm_params(self.init_fn()["params"], self.objective.model))
+        self.reference_shardings = (
+            self.shardings["params"] if self.lm_def is self.model_def else
+            mesh_lib.tree_shardings(self.lm_def.abstract_params, self.lm_def.names, self.rules,
+                                    self.mesh))
         if self.objective.online and cfg.reference.mode != "in_step":
             raise ValueError("online objectives score fresh samples each step: "
                              "reference.mode must be 'in_step'")
         in_step = "reference" in self.objective.needs and cfg.reference.mode == "in_step"
         self.frozen = {"reference": self.reference} if in_step else {}
-        self.frozen_shardings = {"reference": self.shardings["params"]} if in_step else {}
+        self.frozen_shardings = {"reference": self.reference_shardings} if in_step else {}
         self.reference_table = None
         self.rollouts = online_lib.Rollouts(self) if self.objective.online else None
         self._jitted: dict[str, Any] = {}
@@ -209,7 +221,8 @@ class Trainer:
                 self.shardings, step_lib.batch_shardings(gbatch, self.mesh, self.rules),
                 self.frozen_shardings, self.mesh, self.rules, model_def=self.model_def,
                 objective=self.objective, optimizer=self.optimizer, lr_fn=self.lr_fn,
-                accum=self.cfg.optim.accum_steps)
+                accum=self.cfg.optim.accum_steps, ref_def=self.lm_def,
+                update_objective=self.rollouts is None)
         return self._jitted["train"](state, gbatch, self.frozen)
 
     def evaluate_loss(self, state) -> dict[str, float]:
@@ -222,11 +235,11 @@ class Trainer:
                 break
             gbatch = mesh_lib.to_global(batch, self.mesh, self.rules)
             if "eval" not in self._jitted:
-                sh = {"reference": self.shardings["params"]} if frozen else {}
+                sh = {"reference": self.reference_shardings} if frozen else {}
                 self._jitted["eval"] = step_lib.jit_eval_step(
                     self.shardings, step_lib.batch_shardings(gbatch, self.mesh, self.rules),
                     sh, self.mesh, self.rules, model_def=self.model_def,
-                    objective=self.objective)
+                    objective=self.objective, ref_def=self.lm_def)
             out = jax.device_get(self._jitted["eval"](state, gbatch, frozen))
             totals = out if totals is None else jax.tree.map(np.add, totals, out)
         if totals is None:
@@ -246,29 +259,32 @@ class Trainer:
             num_epochs=1, pad_id=self.pad_id, process_index=0, process_count=1)
         return next(iter(it))
 
-    def _sample(self, params, batch, key):
-        if "sample" not in self._jitted:
+    def _sample(self, params, batch, key, *, reference: bool = False):
+        """Evaluation samples of the trained policy, or of the reference."""
+        name = "sample_reference" if reference else "sample"
+        if name not in self._jitted:
             e = self.cfg.eval
+            model_def = self.lm_def if reference else self.model_def
 
             def fn(p, b, k):
                 return policy_eval.sample_fn(
-                    state_lib.bind(self.model_def, p), b, k, max_new_tokens=e.max_new_tokens,
+                    state_lib.bind(model_def, p), b, k, max_new_tokens=e.max_new_tokens,
                     temperature=e.temperature, top_k=e.top_k, eos_id=self.data.tokenizer.eos_id)
-            self._jitted["sample"] = jax.jit(mesh_lib.traced_under(fn, self.mesh, self.rules))
-        return self._jitted["sample"](params, batch, key)
+            self._jitted[name] = jax.jit(mesh_lib.traced_under(fn, self.mesh, self.rules))
+        return self._jitted[name](params, batch, key)
 
     def _kl(self, params, batch, samples):
         if "kl" not in self._jitted:
             def fn(p, r, b, s):
                 return policy_eval.sequence_kl(
-                    state_lib.bind(self.model_def, p), state_lib.bind(self.model_def, r), b, s,
+                    state_lib.bind(self.model_def, p), state_lib.bind(self.lm_def, r), b, s,
                     chunk_size=self.cfg.logprobs.chunk_size)
             self._jitted["kl"] = jax.jit(mesh_lib.traced_under(fn, self.mesh, self.rules))
         return mesh_lib.to_host(self._jitted["kl"](params, self.reference, batch, samples))
 
     def sample_eval(self, state, step: int) -> dict[str, Any]:
         """Policy samples with their gold reward; against the reference: win rate and KL."""
-        if self.objective.model != "lm" or not self.data.prompts or not self.cfg.eval.num_samples:
+        if not self.is_policy or not self.data.prompts or not self.cfg.eval.num_samples:
             return {}
         batch = self._prompt_batch()
         prompts = [str(t) for t in batch["prompt_text"]]
@@ -286,7 +302,8 @@ class Trainer:
                 if self._reference_samples is None:
                     # The reference never changes: its samples are drawn once, on a fixed key.
                     ref_key = step_lib.stream_key(state["rng"], "reference_sample")
-                    ref = mesh_lib.to_host(self._sample(self.reference, dbatch, ref_key))
+                    ref = mesh_lib.to_host(self._sample(self.reference, dbatch, ref_key,
+                                                        reference=True))
                     texts = policy_eval.decode(self.data.tokenizer, ref)
                     self._reference_samples = self.data.world.gold_rewards(prompts, texts)
                 result["reference_gold"] = self._reference_samples
@@ -384,11 +401,31 @@ class Trainer:
             metrics = self._check_finite(jax.device_get(metrics), step)
             return state, metrics, _count_tokens(batch) * jax.process_count()
         rollout, rollout_metrics = self.rollouts.collect(state, batch, step)
+        state, rollout, stats = self.prepare_rollout(state, rollout, step)
+        updates = []
         for _ in range(self.cfg.online.epochs):
             for mb in online_lib.minibatches(rollout, self.cfg.online.minibatches):
                 state, metrics = self.train_step(state, mb, full=True)
-                metrics = self._check_finite(jax.device_get(metrics), step)
-        return state, {**metrics, **rollout_metrics}, _count_tokens(rollout)
+                updates.append(self._check_finite(jax.device_get(metrics), step))
+        # Each update's metrics, averaged over the epochs and minibatches of this rollout.
+        metrics = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
+        return state, {**metrics, **rollout_metrics, **stats}, _count_tokens(rollout)
+
+    def prepare_rollout(self, state, rollout, step: int):
+        """The objective's `prepare` once on the whole rollout, with the parameters that sampled
+        it, then its `update_state`: (state, prepared host rollout, rollout_* stats)."""
+        gbatch = mesh_lib.put_global(rollout, self.mesh, self.rules)
+        if "prepare" not in self._jitted:
+            self._jitted["prepare"] = jax.jit(mesh_lib.traced_under(functools.partial(
+                step_lib.prepare_rollout, model_def=self.model_def, objective=self.objective,
+                ref_def=self.lm_def), self.mesh, self.rules))
+        key = jax.random.fold_in(step_lib.stream_key(state["rng"], "rollout_prepare"), step)
+        out, obj_state, stats = self._jitted["prepare"](
+            state["params"], state["objective"], gbatch, self.frozen, key)
+        state = {**state, "objective": jax.device_put(obj_state, self.shardings["objective"])}
+        stats = jax.device_get(stats)
+        return state, mesh_lib.to_host(out), {f"rollout_{k}": float(v) for k, v in stats.items()
+                                              if k != "rows"}
 
     def _check_finite(self, metrics, step: int):
         if not metrics["finite"]:

@@ -23,9 +23,13 @@ EXECUTION_FIELDS = ("dtype", "remat")
 
 
 def make_model(kind: str, model_cfg: transformer.TransformerConfig, objective_cfg, rngs):
-    """The module an objective trains: a policy ("lm"), a reward/value model or a preference model."""
+    """The module an objective trains: a policy ("lm"), a policy with a value function
+    ("lm_value"), a reward/value model ("scalar") or a preference model ("preference")."""
     if kind == "lm":
         return transformer.Transformer(model_cfg, rngs=rngs)
+    if kind == "lm_value":
+        from align.models.heads import PolicyWithValue
+        return PolicyWithValue(model_cfg, rngs=rngs, critic=str(objective_cfg.get("critic", "head")))
     if kind == "scalar":
         from align.models.heads import ScalarModel
         return ScalarModel(model_cfg, rngs=rngs)
@@ -33,7 +37,7 @@ def make_model(kind: str, model_cfg: transformer.TransformerConfig, objective_cf
         from align.models.preference import PreferenceModel
         return PreferenceModel(model_cfg, rngs=rngs,
                                pref_dim=int(objective_cfg.get("pref_dim", 8)))
-    raise ValueError(f"unknown model kind {kind!r}; valid: lm, scalar, preference")
+    raise ValueError(f"unknown model kind {kind!r}; valid: lm, lm_value, scalar, preference")
 
 
 def model_fn(kind: str, model_cfg, objective_cfg):
@@ -133,11 +137,30 @@ def final_params(run: Run, mesh, rules):
     return state["params"], objective.model, step
 
 
+def lm_params(params, kind: str):
+    """The language model inside a model of `kind` ("lm" or "lm_value")."""
+    if kind == "lm":
+        return params
+    if kind == "lm_value":
+        return params["policy"]
+    raise ValueError(f"a {kind!r} model holds no language model")
+
+
 def adapt_params(params, src_kind: str, dst_kind: str, fresh_params):
     """Parameters of a `src_kind` model placed into a `dst_kind` one (a policy becomes a backbone)."""
     if src_kind == dst_kind:
         return params
-    if src_kind == "lm" and dst_kind in ("scalar", "preference"):
-        # Reward and preference models start from the policy's weights; their heads are new.
-        return {**fresh_params, "backbone": params}
+    if src_kind in ("lm", "lm_value"):
+        lm = lm_params(params, src_kind)
+        if dst_kind == "lm":
+            return lm
+        if dst_kind in ("scalar", "preference"):
+            # Reward and preference models start from the policy's weights; their heads are new.
+            return {**fresh_params, "backbone": lm}
+        if dst_kind == "lm_value":
+            # A separate critic starts from the policy's trunk too; value heads start at 0.
+            out = {**fresh_params, "policy": lm}
+            if "critic" in fresh_params:
+                out["critic"] = {**fresh_params["critic"], "backbone": lm}
+            return out
     raise ValueError(f"cannot start a {dst_kind!r} model from a {src_kind!r} run")

@@ -13,11 +13,12 @@ import jax.numpy as jnp
 import optax
 
 from align import mesh as mesh_lib
-from align.objectives.base import LossOut, Models, Objective
+from align.objectives.base import ROLLOUT_STAT, LossOut, Models, Objective
 from align.train import state as state_lib
 
 
-STREAMS = ("train", "eval", "sample", "reference_sample", "train_sample")
+# Append only: a stream's key is its position here.
+STREAMS = ("train", "eval", "sample", "reference_sample", "train_sample", "rollout_prepare")
 
 
 def stream_key(key_data, name: str):
@@ -79,25 +80,49 @@ def _accumulated_loss(model_def, objective: Objective, params, batch, obj_state,
     return loss_sum, weight, parts, grads
 
 
-def _models(model_def, params, frozen) -> Models:
-    """The policy (under stop_gradient) and the frozen models, as modules for `prepare`."""
+def _models(model_def, params, frozen, ref_def=None) -> Models:
+    """The policy (under stop_gradient) and the frozen models, as modules for `prepare`.
+
+    ref_def describes the reference when it is another kind of model than the policy (a
+    language model beside a policy with a value function).
+    """
     ref = frozen.get("reference")
     return Models(policy=state_lib.bind(model_def, jax.lax.stop_gradient(params)),
-                  reference=None if ref is None else state_lib.bind(model_def, ref))
+                  reference=None if ref is None else state_lib.bind(ref_def or model_def, ref))
+
+
+def prepare_rollout(params, obj_state, batch, frozen, key, *, model_def, objective: Objective,
+                    ref_def=None):
+    """An online objective's `prepare` on a whole rollout, then its `update_state` once.
+
+    Returns (prepared batch without the rollout_* fields, new objective state, stats: the
+    rollout_* means plus "rows").
+    """
+    frozen = jax.lax.stop_gradient(frozen)
+    out = objective.prepare(_models(model_def, params, frozen, ref_def), batch, obj_state,
+                            rng=key)
+    prefix = ROLLOUT_STAT
+    stats = {k[len(prefix):]: jnp.mean(v.astype(jnp.float32)) for k, v in out.items()
+             if k.startswith(prefix)}
+    stats["rows"] = jnp.asarray(batch[next(iter(batch))].shape[0], jnp.float32)
+    new_obj = objective.update_state(obj_state, stats)
+    return {k: v for k, v in out.items() if not k.startswith(prefix)}, new_obj, stats
 
 
 def train_step(state, batch, frozen, *, model_def, objective: Objective, optimizer, lr_fn,
-               accum: int):
+               accum: int, ref_def=None, update_objective: bool = True):
     """One optimizer step; a non-finite loss or gradient leaves the state unchanged.
 
     `frozen` holds parameters that are never trained (e.g. {"reference": params}).
+    update_objective=False leaves the objective state alone (online objectives update it once
+    per rollout, in `prepare_rollout`).
     """
     rng = jax.random.fold_in(stream_key(state["rng"], "train"), state["step"])
     prep_rng, loss_rng = jax.random.split(rng)
     params = state["params"]
     frozen = jax.lax.stop_gradient(frozen)
-    batch = objective.prepare(_models(model_def, params, frozen), batch, state["objective"],
-                              rng=prep_rng)
+    batch = objective.prepare(_models(model_def, params, frozen, ref_def), batch,
+                              state["objective"], rng=prep_rng)
 
     loss_sum, weight, parts, grads = _accumulated_loss(
         model_def, objective, params, batch, state["objective"], loss_rng, accum, grad=True)
@@ -117,16 +142,17 @@ def train_step(state, batch, frozen, *, model_def, objective: Objective, optimiz
         "params": keep(new_params, params),
         "opt_state": keep(opt_state, state["opt_state"]),
         "rng": state["rng"],
-        "objective": keep(objective.update_state(state["objective"], metrics),
-                          state["objective"]),
+        "objective": (keep(objective.update_state(state["objective"], metrics),
+                           state["objective"]) if update_objective else state["objective"]),
     }
     return new_state, metrics
 
 
-def eval_step(state, batch, frozen, *, model_def, objective: Objective, accum: int = 1):
+def eval_step(state, batch, frozen, *, model_def, objective: Objective, accum: int = 1,
+              ref_def=None):
     """Held-out loss and metric parts (sums, so several batches combine exactly)."""
     rng = stream_key(state["rng"], "eval")
-    batch = objective.prepare(_models(model_def, state["params"], frozen), batch,
+    batch = objective.prepare(_models(model_def, state["params"], frozen, ref_def), batch,
                               state["objective"], rng=rng)
     loss_sum, weight, parts, _ = _accumulated_loss(
         model_def, objective, state["params"], batch, state["objective"], rng, accum, grad=False)

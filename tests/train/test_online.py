@@ -43,7 +43,17 @@ def _online(name, sft_run, workdir, devices, *overrides):
     return trainer
 
 
-@pytest.mark.parametrize("name", ["online_dpo", "online_ipo", "ipo_md", "nash_md"])
+REPORTED = {  # what every online step reports, and what each kind adds
+    "all": ("train/gold_reward", "train/entropy", "train/sampler_tokens_per_s", "train/loss"),
+    "ppo": ("train/reward", "train/rollout_kl", "train/clip_fraction", "train/value_loss",
+            "train/rollout_kl_coef"),
+    "nash_md": ("train/pref_mean", "train/rollout_kl"),
+    "grpo": ("train/reward", "train/rollout_kl", "train/clip_fraction", "train/k3_kl"),
+}
+
+
+@pytest.mark.parametrize("name", ["online_dpo", "online_ipo", "ipo_md", "nash_md", "ppo",
+                                  "rloo", "grpo"])
 def test_short_online_run_raises_the_gold_reward(name, sft_run, tmp_path):
     # Evaluations at step 0 and at the end, on the same 64 held-out prompts and keys.
     trainer = _online(name, sft_run, tmp_path, jax.devices()[:1], "--config.eval.num_samples=64",
@@ -58,13 +68,16 @@ def test_short_online_run_raises_the_gold_reward(name, sft_run, tmp_path):
     before, after = start["eval/sample_gold_reward"], result["eval"]["sample_gold_reward"]
     rows = [r for r in metrics_lib.read_metrics(str(tmp_path)) if "train/gold_reward" in r]
     assert len(rows) == 12 and all(np.isfinite(r["train/gold_reward"]) for r in rows)
+    for key in REPORTED["all"] + REPORTED.get(name, ()):
+        assert all(np.isfinite(r[key]) for r in rows), key
     assert after > before + 0.05, (before, after)
 
 
-def test_one_and_eight_devices_agree(sft_run, tmp_path):
+@pytest.mark.parametrize("name", ["nash_md", "ppo"])
+def test_one_and_eight_devices_agree(name, sft_run, tmp_path):
     results = []
     for n, mesh in ((1, []), (8, ["--config.mesh.data=4", "--config.mesh.fsdp=2"])):
-        trainer = _online("nash_md", sft_run, tmp_path / str(n), jax.devices()[:n], *mesh)
+        trainer = _online(name, sft_run, tmp_path / str(n), jax.devices()[:n], *mesh)
         try:
             state, _ = trainer.restore_or_init(trainer.train_iterator())
             it = trainer.train_iterator()
