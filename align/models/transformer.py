@@ -1,5 +1,8 @@
 """LLaMA-family decoder-only transformer in Flax NNX: RoPE, RMSNorm, SwiGLU, grouped-query attention.
 
+Options cover Llama 2/3 (incl. Llama-3.1 rope scaling), Mistral, Qwen2 (q/k/v biases) and
+Gemma v1 (norm scales as 1 + w, GeGLU, embeddings scaled by sqrt(D)).
+
 Dimension letters: B batch, T tokens, S cache slots (keys), D model width, N query heads,
 K kv heads, G query heads per kv head, H head width, F MLP width, V vocab, L layers.
 """
@@ -12,12 +15,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from align import mesh as mesh_lib
 
 _DTYPES = ("float32", "bfloat16")
 _REMAT = ("none", "full", "dots")
+_ACTIVATIONS = ("silu", "gelu_tanh")
+_ROPE_SCALING = ("none", "llama3")
 # A finite "minus infinity": a fully masked softmax row then stays finite instead of NaN.
 _MASKED = -1e30
 # Activations [B, T, D] are split over the batch only; their width stays whole.
@@ -43,23 +49,33 @@ class TransformerConfig:
     remat: str = "none"
     scan_layers: bool = False
     init_std: float = 0.02
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
+    mlp_activation: str = "silu"  # "silu" (SwiGLU) or "gelu_tanh" (GeGLU, Gemma)
+    norm_plus_one: bool = False  # RMSNorm multiplies by (1 + scale) (Gemma)
+    embed_scale: bool = False  # embeddings times sqrt(d_model) (Gemma)
+    rope_scaling: str = "none"  # "none" or "llama3" (Llama 3.1 frequency rescaling)
+    rope_scaling_factor: float = 8.0  # the rope_* values below are read only for "llama3"
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
-                     "max_len", "head_dim"):
+                     "max_len", "head_dim", "rope_original_max_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"TransformerConfig.{name} must be an int, got {value!r}")
             if value < 0 or (value == 0 and name != "head_dim"):
                 raise ValueError(f"TransformerConfig.{name} must be positive, got {value}")
             object.__setattr__(self, name, int(value))
-        for name in ("rope_theta", "norm_eps", "init_std"):
+        for name in ("rope_theta", "norm_eps", "init_std", "rope_scaling_factor",
+                     "rope_low_freq_factor", "rope_high_freq_factor"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or value <= 0:
                 raise ValueError(
                     f"TransformerConfig.{name} must be a positive number, got {value!r}")
             object.__setattr__(self, name, float(value))
-        for name in ("tie_embeddings", "scan_layers"):
+        for name in ("tie_embeddings", "scan_layers", "qkv_bias", "norm_plus_one", "embed_scale"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
                     f"TransformerConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -68,6 +84,17 @@ class TransformerConfig:
                 f"TransformerConfig.dtype must be one of {_DTYPES}, got {self.dtype!r}")
         if self.remat not in _REMAT:
             raise ValueError(f"TransformerConfig.remat must be one of {_REMAT}, got {self.remat!r}")
+        if self.mlp_activation not in _ACTIVATIONS:
+            raise ValueError(f"TransformerConfig.mlp_activation must be one of {_ACTIVATIONS}, "
+                             f"got {self.mlp_activation!r}")
+        if self.rope_scaling not in _ROPE_SCALING:
+            raise ValueError(f"TransformerConfig.rope_scaling must be one of {_ROPE_SCALING}, "
+                             f"got {self.rope_scaling!r}")
+        low, high = self.rope_low_freq_factor, self.rope_high_freq_factor
+        if self.rope_scaling == "llama3" and high <= low:
+            raise ValueError(
+                f"TransformerConfig.rope_high_freq_factor ({self.rope_high_freq_factor}) must "
+                f"exceed rope_low_freq_factor ({self.rope_low_freq_factor})")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"TransformerConfig.n_heads ({self.n_heads}) must be divisible by "
                              f"n_kv_heads ({self.n_kv_heads})")
@@ -101,9 +128,14 @@ def transformer_config(d: Mapping[str, Any]) -> TransformerConfig:
     return TransformerConfig(**d)
 
 
-def _layer_params(cfg: TransformerConfig) -> int:
+def _layer_matmul_params(cfg: TransformerConfig) -> int:
     d, h, n, k = cfg.d_model, cfg.head_size, cfg.n_heads, cfg.n_kv_heads
-    return 2 * d + d * n * h + 2 * d * k * h + n * h * d + 3 * d * cfg.d_ff
+    return d * n * h + 2 * d * k * h + n * h * d + 3 * d * cfg.d_ff
+
+
+def _layer_params(cfg: TransformerConfig) -> int:
+    bias = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_size if cfg.qkv_bias else 0
+    return 2 * cfg.d_model + _layer_matmul_params(cfg) + bias
 
 
 def num_params(cfg: TransformerConfig) -> int:
@@ -119,7 +151,7 @@ def flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
     embedding lookup or norm scales); the attention term counts QK^T and PV over the full
     context of T = seq_len tokens (no causal halving), forward plus twice that for backward.
     """
-    matmul = cfg.n_layers * (_layer_params(cfg) - 2 * cfg.d_model) + cfg.vocab_size * cfg.d_model
+    matmul = cfg.n_layers * _layer_matmul_params(cfg) + cfg.vocab_size * cfg.d_model
     attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_size * seq_len
     return float(6 * matmul + attention)
 
@@ -134,22 +166,45 @@ def _matmul(spec: str, x, w, dtype):
 
 
 class RMSNorm(nnx.Module):
-    """Root-mean-square norm computed in fp32."""
+    """Root-mean-square norm computed in fp32; times scale, or (1 + scale) when plus_one."""
 
-    def __init__(self, dim: int, eps: float):
-        self.scale = nnx.Param(jnp.ones((dim,), jnp.float32), out_sharding=("norm",))
+    def __init__(self, dim: int, eps: float, plus_one: bool = False):
+        # Both forms start as the identity map.
+        init = jnp.zeros if plus_one else jnp.ones
+        self.scale = nnx.Param(init((dim,), jnp.float32), out_sharding=("norm",))
         self.eps = eps
+        self.plus_one = plus_one
 
     def __call__(self, x_BxTxD):
         x = x_BxTxD.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.eps)
-        return x * self.scale[...]
+        scale = self.scale[...].astype(jnp.float32)
+        return x * (1.0 + scale) if self.plus_one else x * scale
 
 
-def apply_rope(x_BxTxNxH, positions_BxT, theta: float):
+def rope_inv_freq(cfg: TransformerConfig) -> np.ndarray:
+    """Rotary inverse frequencies [H/2] in fp32, with Llama-3.1 rescaling when configured."""
+    half = cfg.head_size // 2
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(half, dtype=np.float64) / half))
+    if cfg.rope_scaling == "llama3":
+        # Long wavelengths are stretched by the factor, short ones kept, the band between
+        # interpolated smoothly (the Llama 3.1 reference recipe).
+        low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+        factor, original = cfg.rope_scaling_factor, cfg.rope_original_max_len
+        wavelen = 2 * np.pi / inv_freq
+        smooth = (original / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = np.where(wavelen > original / low, inv_freq / factor,
+                            np.where(wavelen < original / high, inv_freq, smoothed))
+    return inv_freq.astype(np.float32)
+
+
+def apply_rope(x_BxTxNxH, positions_BxT, theta: float, inv_freq_H2=None):
     """Rotates the two halves of each head (the HF LLaMA layout) by position-dependent angles."""
     half = x_BxTxNxH.shape[-1] // 2
-    inv_freq_H2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if inv_freq_H2 is None:
+        inv_freq_H2 = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    inv_freq_H2 = jnp.asarray(inv_freq_H2, jnp.float32)
     angle_BxTx1xH2 = (positions_BxT.astype(jnp.float32)[..., None] * inv_freq_H2)[:, :, None, :]
     sin, cos = jnp.sin(angle_BxTx1xH2), jnp.cos(angle_BxTx1xH2)
     x = x_BxTxNxH.astype(jnp.float32)
@@ -167,18 +222,33 @@ class Attention(nnx.Module):
         self.k = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std)
         self.v = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), std)
         self.o = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), std)
+        if cfg.qkv_bias:
+            self.q_bias = nnx.Param(jnp.zeros((n, h), jnp.float32),
+                                    out_sharding=("heads", "head_dim"))
+            self.k_bias = nnx.Param(jnp.zeros((k, h), jnp.float32),
+                                    out_sharding=("kv_heads", "head_dim"))
+            self.v_bias = nnx.Param(jnp.zeros((k, h), jnp.float32),
+                                    out_sharding=("kv_heads", "head_dim"))
         self.cfg = cfg
+
+    def _project(self, spec, x_BxTxD, name, dt):
+        out = _matmul(spec, x_BxTxD, getattr(self, name)[...], dt)
+        if self.cfg.qkv_bias:
+            out = out + getattr(self, f"{name}_bias")[...].astype(dt)
+        return out
 
     def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv=None):
         """Returns the attention output and this layer's (k, v) for the cache (or None)."""
         cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
         b, t, _ = x_BxTxD.shape
         k_heads, g = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
-        q_BxTxNxH = apply_rope(_matmul("btd,dnh->btnh", x_BxTxD, self.q[...], dt), positions_BxT,
-                               cfg.rope_theta)
-        k_BxTxKxH = apply_rope(_matmul("btd,dkh->btkh", x_BxTxD, self.k[...], dt), positions_BxT,
-                               cfg.rope_theta)
-        v_BxTxKxH = _matmul("btd,dkh->btkh", x_BxTxD, self.v[...], dt)
+        # Unscaled rotary frequencies are computed inside apply_rope, as they always were.
+        inv_freq_H2 = None if cfg.rope_scaling == "none" else rope_inv_freq(cfg)
+        q_BxTxNxH = apply_rope(self._project("btd,dnh->btnh", x_BxTxD, "q", dt), positions_BxT,
+                               cfg.rope_theta, inv_freq_H2)
+        k_BxTxKxH = apply_rope(self._project("btd,dkh->btkh", x_BxTxD, "k", dt), positions_BxT,
+                               cfg.rope_theta, inv_freq_H2)
+        v_BxTxKxH = self._project("btd,dkh->btkh", x_BxTxD, "v", dt)
         if kv is None:
             k_BxSxKxH, v_BxSxKxH, new_kv = k_BxTxKxH, v_BxTxKxH, None
         else:
@@ -202,7 +272,7 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU feed-forward block."""
+    """Gated feed-forward block: SwiGLU, or GeGLU with tanh-approximate GELU."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
         d, f, std = cfg.d_model, cfg.d_ff, cfg.init_std
@@ -210,10 +280,16 @@ class MLP(nnx.Module):
         self.up = _param(rngs, (d, f), ("embed", "mlp"), std)
         self.down = _param(rngs, (f, d), ("mlp", "embed"), std)
         self.dtype = cfg.dtype
+        self.activation = cfg.mlp_activation
 
     def __call__(self, x_BxTxD):
         dt = jnp.dtype(self.dtype)
-        h_BxTxF = (jax.nn.silu(_matmul("btd,df->btf", x_BxTxD, self.gate[...], dt))
+        gate_BxTxF = _matmul("btd,df->btf", x_BxTxD, self.gate[...], dt)
+        if self.activation == "gelu_tanh":
+            gate_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True)
+        else:
+            gate_BxTxF = jax.nn.silu(gate_BxTxF)
+        h_BxTxF = (gate_BxTxF
                    * _matmul("btd,df->btf", x_BxTxD, self.up[...], dt))
         return _matmul("btf,fd->btd", h_BxTxF, self.down[...], dt).astype(jnp.float32)
 
@@ -222,9 +298,9 @@ class Block(nnx.Module):
     """One pre-norm decoder layer: x + attn(norm(x)), then x + mlp(norm(x))."""
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_plus_one)
         self.attn = Attention(cfg, rngs=rngs)
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_plus_one)
         self.mlp = MLP(cfg, rngs=rngs)
 
     def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv=None):
@@ -271,7 +347,7 @@ class Transformer(nnx.Module):
                 self.layers = make_layers(rngs)
             else:
                 self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
-            self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_plus_one)
             if not cfg.tie_embeddings:
                 self.unembed = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
                                       cfg.init_std)
@@ -325,6 +401,9 @@ class Transformer(nnx.Module):
         # activations come out split by batch, not by the table's fsdp-split width.
         table_VxD = mesh_lib.constrain(self.embed[...], ("vocab", None))
         x_BxTxD = mesh_lib.constrain(jnp.take(table_VxD, tokens_BxT, axis=0), _ACT_BxTxD)
+        if cfg.embed_scale:
+            # Gemma rounds sqrt(D) to the compute dtype first (bf16: sqrt(3072) -> 55.5).
+            x_BxTxD = x_BxTxD * jnp.asarray(cfg.d_model ** 0.5, cfg.dtype).astype(x_BxTxD.dtype)
         x_BxTxD, new_k, new_v = self._layers(x_BxTxD, positions_BxT, mask_BxTxS, cache, index)
         hidden_BxTxD = self.final_norm(x_BxTxD)
         if cache is None:

@@ -1,0 +1,1 @@
+"""What others own: published numbers that experiments compare against, external name maps."""
