@@ -3,7 +3,9 @@
 python -m align.main --config configs/quickstart.py --workdir runs/quickstart
 SFT runs in WORKDIR/sft first (skipped once finished), then DPO in WORKDIR.
 Variants: configs/quickstart.py:size=tiny,steps=50,sft_steps=100; stage=sft (only SFT);
-objective=nash_md (or online_dpo, online_ipo, ipo_md: online training instead of DPO).
+objective=ppo or objective=nash_md (or online_dpo, online_ipo, ipo_md, rloo, grpo: online
+training on the world's gold reward or labeler instead of DPO); objective=ipo (or any offline
+preference objective).
 """
 
 from align import config as config_lib

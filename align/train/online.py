@@ -174,7 +174,7 @@ class Rollouts:
 
 def minibatches(rollout: dict[str, np.ndarray], n: int):
     """Rows i, i+n, i+2n, ...: n minibatches of equal size."""
-    m = len(rollout["example_id"])
+    m = len(next(iter(rollout.values())))
     if m % n:
         raise ValueError(f"online.minibatches={n} does not divide the {m} rollout rows")
     return [{k: v[i::n] for k, v in rollout.items()} for i in range(n)]

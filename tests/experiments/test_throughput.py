@@ -21,3 +21,17 @@ def test_train_step_benchmark_reports_its_fields():
                       chunk_size=0, peak=1e12, objective=objective)
         assert r["objective"] == objective and r["tokens_per_s"] > 0 and r["mfu"] > 0
         assert r["peak_memory_gib"] > 0
+
+
+def test_ppo_iteration_benchmark_reports_every_phase(tmp_path, capsys):
+    ppo = _load("ppo")
+    for critic in ("head", "separate"):
+        r = ppo.bench("1m", prompts=16, prompt_len=4, new_tokens=8, epochs=1, minibatches=2,
+                      critic=critic, dtype="float32", iterations=1, peak=1e12)
+        for phase in ("sample", "prepare", "update"):
+            assert r[f"{phase}_s"] > 0 and r[f"{phase}_mfu"] > 0
+        assert r["iteration_s"] > 0 and r["critic"] == critic
+    out = tmp_path / "ppo.json"
+    assert ppo.main(["--sizes", "1m", "--prompts", "16", "--prompt_len", "4", "--new_tokens", "8",
+                     "--iterations", "1", "--out", str(out)]) == 0
+    assert "| 1m | 1.3M | head |" in capsys.readouterr().out and out.exists()

@@ -91,3 +91,20 @@ def test_one_and_eight_devices_agree(name, sft_run, tmp_path):
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-4, atol=1e-6)
     for a, b in zip(results[1][1], results[0][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_best_of_n_from_a_finished_run(sft_run, tmp_path, capsys):
+    from align.evaluate import best_of_n as bon
+    proxy, gold, prompts, texts = bon.sample_and_score(sft_run, samples=4, num_prompts=8)
+    assert proxy.shape == gold.shape == texts.shape == (8, 4) and len(prompts) == 8
+    np.testing.assert_array_equal(proxy, gold)  # the gold scorer is its own proxy
+    # Samples of one prompt differ (each has its own key), and best-of-n can only gain.
+    assert all(len(set(row)) > 1 for row in texts)
+    rows = bon.table(proxy, gold, [1, 2, 4])
+    assert rows[0]["gold"] <= rows[1]["gold"] <= rows[2]["gold"]
+    assert rows[2]["gold"] > rows[0]["gold"]
+    out = tmp_path / "bon.json"
+    assert bon.main(["--workdir", sft_run, "--n", "1,4", "--samples", "4", "--prompts", "8",
+                     "--out", str(out)]) == 0
+    assert "| 4 | 0.636 |" in capsys.readouterr().out and out.exists()
+    assert bon.main(["--workdir", str(tmp_path / "none"), "--n", "1"]) == 2

@@ -1,0 +1,197 @@
+"""One PPO iteration: sample -> prepare -> epochs x minibatch updates, timed per phase, with MFU.
+
+    python experiments/throughput/ppo.py                       # 1m, 10m, 50m on this machine
+    python experiments/throughput/ppo.py --sizes 10m --prompts 64 --new_tokens 128 --epochs 4
+
+The pieces are the trainer's own: the jitted KV-cache sampler on the policy (PolicyWithValue,
+a value head on the policy trunk by default), `step.prepare_rollout` (old log-probs and values,
+the reference's log-probs, token rewards, GAE, whitening) and the donated train step on
+minibatches. Prompts are random tokens and the score is a random number per completion (a
+gold or reward-model score is outside the timed compute). eos_id = −1 is never drawn, so every
+completion has --new_tokens tokens.
+
+FLOPs: sampling counts 2 x N_params per generated token (as sampler.py); prepare counts two
+forward passes (policy with value, reference) over every prompt + completion token, a third of
+`flops_per_token` each; each update counts the full `flops_per_token`. MFU is against the matmul
+peak run.py measures here.
+Dimension letters: B prompts, P prompt tokens, N new tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from align import config as config_lib
+from align import mesh as mesh_lib
+from align import objectives, sampling
+from align.evaluate import policy as policy_eval
+from align.models import heads, transformer
+from align.train import online as online_lib
+from align.train import optim
+from align.train import state as state_lib
+from align.train import step as step_lib
+
+
+def _train_bench():
+    path = pathlib.Path(__file__).with_name("run.py")
+    spec = importlib.util.spec_from_file_location("throughput_run", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_RUN = _train_bench()
+SIZES = _RUN.SIZES
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - t
+
+
+def bench(size: str, *, prompts: int, prompt_len: int, new_tokens: int, epochs: int,
+          minibatches: int, critic: str, dtype: str, iterations: int, peak: float) -> dict:
+    d, n_layers, n_heads, n_kv, d_ff, vocab = SIZES[size]
+    seq = prompt_len + new_tokens
+    cfg = transformer.TransformerConfig(
+        vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
+        d_ff=d_ff, max_len=seq, dtype=dtype, scan_layers=n_layers > 4)
+    make_fn = functools.partial(lambda c, rngs: heads.PolicyWithValue(c, rngs=rngs,
+                                                                      critic=critic), cfg)
+    model_def = state_lib.describe(make_fn)
+    lm_def = state_lib.describe(functools.partial(
+        lambda c, rngs: transformer.Transformer(c, rngs=rngs), cfg))
+    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    rules = mesh_lib.logical_rules(config_lib.default_config().mesh.rules)
+    optimizer, lr_fn = optim.make(config_lib.default_config().optim, 1000,
+                                  decay_mask=optim.decay_mask_from_names(model_def.names))
+    obj = objectives.make(config_lib.objective_config("ppo", critic=critic, kl_target=0.0))
+    _, shardings, init_fn, _ = state_lib.create(model_def, make_fn, optimizer, obj, seed=0,
+                                                mesh=mesh, rules=rules)
+    state = init_fn()
+    frozen = {"reference": state_lib.init_params_fn(make_fn)(jax.random.key(1))["policy"]}
+    frozen_sh = {"reference": mesh_lib.tree_shardings(lm_def.abstract_params, lm_def.names,
+                                                      rules, mesh)}
+    rng = np.random.default_rng(0)
+    prompt_batch = {"prompt_tokens": rng.integers(4, vocab, (prompts, prompt_len)).astype(np.int32),
+                    "prompt_mask": np.ones((prompts, prompt_len), np.int32),
+                    "example_id": np.arange(prompts, dtype=np.int32)}
+    dprompts = mesh_lib.put_global(prompt_batch, mesh, rules)
+
+    def sample_fn(params, batch, key):
+        out = sampling.sample(sampling.model_policy(state_lib.bind(model_def, params)),
+                              batch["prompt_tokens"], batch["prompt_mask"],
+                              example_ids_B=batch["example_id"], rng=key,
+                              max_new_tokens=new_tokens, eos_id=-1)
+        tokens, input_mask, loss_mask = policy_eval.join(
+            batch["prompt_tokens"], batch["prompt_mask"], out["tokens_BxN"], out["mask_BxN"])
+        return {"tokens": tokens, "input_mask": input_mask, "loss_mask": loss_mask,
+                "score": jax.random.normal(key, (tokens.shape[0],)),
+                "finished": out["finished_B"].astype(jnp.float32)}
+
+    sample = jax.jit(mesh_lib.traced_under(sample_fn, mesh, rules))
+    prepare = jax.jit(mesh_lib.traced_under(functools.partial(
+        step_lib.prepare_rollout, model_def=model_def, objective=obj, ref_def=lm_def), mesh,
+        rules))
+    train = None
+    phases = {"sample": [], "prepare": [], "update": []}
+    for it in range(iterations + 1):  # the first iteration compiles
+        key = jax.random.key(it)
+        rollout, t_sample = _timed(lambda: sample(state["params"], dprompts, key))
+        (prepared, obj_state, _), t_prepare = _timed(
+            lambda: prepare(state["params"], state["objective"], rollout, frozen, key))
+        host = mesh_lib.to_host(prepared)
+        t_update = 0.0
+        for _ in range(epochs):
+            for mb in online_lib.minibatches(host, minibatches):
+                gmb = mesh_lib.put_global(mb, mesh, rules)
+                if train is None:
+                    train = step_lib.jit_train_step(
+                        shardings, step_lib.batch_shardings(gmb, mesh, rules), frozen_sh, mesh,
+                        rules, model_def=model_def, objective=obj, optimizer=optimizer,
+                        lr_fn=lr_fn, accum=1, ref_def=lm_def, update_objective=False)
+                (state, metrics), t = _timed(lambda: train(state, gmb, frozen))
+                t_update += t
+        if it:
+            for name, t in (("sample", t_sample), ("prepare", t_prepare), ("update", t_update)):
+                phases[name].append(t)
+    times = {k: float(np.median(v)) for k, v in phases.items()}
+    total = sum(times.values())
+    n_params = transformer.num_params(cfg)
+    fwd = transformer.flops_per_token(cfg, seq) / 3
+    value_trunk = 2 if critic == "separate" else 1  # a separate critic runs its own trunk
+    flops = {
+        "sample": 2 * n_params * prompts * new_tokens,
+        "prepare": (1 + value_trunk) * fwd * prompts * seq,
+        "update": epochs * 3 * fwd * value_trunk * prompts * seq,
+    }
+    mem, mem_kind = _RUN.peak_memory_bytes()
+    row = {"size": size, "params": n_params, "critic": critic, "prompts": prompts,
+           "prompt_len": prompt_len, "new_tokens": new_tokens, "epochs": epochs,
+           "minibatches": minibatches, "dtype": dtype, "iteration_s": total,
+           "peak_memory_gib": mem / 2 ** 30, "memory_kind": mem_kind,
+           "iteration_mfu": sum(flops.values()) / total / peak,
+           "completions_per_s": prompts / total, "loss": float(metrics["loss"])}
+    for name in phases:
+        row[f"{name}_s"] = times[name]
+        row[f"{name}_mfu"] = flops[name] / times[name] / peak
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="1m,10m,50m")
+    p.add_argument("--prompts", type=int, default=32)
+    p.add_argument("--prompt_len", type=int, default=16)
+    p.add_argument("--new_tokens", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--minibatches", type=int, default=2)
+    p.add_argument("--critic", default="head", choices=heads.CRITICS)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--iterations", type=int, default=2, help="timed iterations after the first")
+    p.add_argument("--out", default="", help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    for s in sizes:
+        if s not in SIZES:
+            p.error(f"unknown size {s!r}; valid: {', '.join(SIZES)}")
+    device = jax.devices()[0]
+    peak = _RUN.matmul_peak(args.dtype)
+    print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
+          f"measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s", flush=True)
+    rows = []
+    for s in sizes:
+        rows.append(bench(s, prompts=args.prompts, prompt_len=args.prompt_len,
+                          new_tokens=args.new_tokens, epochs=args.epochs,
+                          minibatches=args.minibatches, critic=args.critic, dtype=args.dtype,
+                          iterations=args.iterations, peak=peak))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print("| size | params | critic | prompts x (prompt + new) | epochs x minibatches | "
+          "iteration (s) | sample (s, MFU) | prepare (s, MFU) | update (s, MFU) | "
+          "iteration MFU | peak memory |")
+    print("|" + "---|" * 11)
+    for r in rows:
+        phase = lambda n: f"{r[n + '_s']:.3f}, {100 * r[n + '_mfu']:.1f}%"
+        print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['critic']} | "
+              f"{r['prompts']}x({r['prompt_len']}+{r['new_tokens']}) | "
+              f"{r['epochs']}x{r['minibatches']} | {r['iteration_s']:.3f} | {phase('sample')} | "
+              f"{phase('prepare')} | {phase('update')} | {100 * r['iteration_mfu']:.1f}% | "
+              f"{r['peak_memory_gib']:.2f} GiB ({r['memory_kind']}) |")
+    if args.out:
+        _RUN.save_results(args.out, device, peak, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
