@@ -49,8 +49,10 @@ class ConfigError(ValueError):
 CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
-    "data.source": ("reviews", "tfds"),
+    "data.source": ("reviews", "tfds", "hh_rlhf", "tldr", "ultrafeedback"),
     "data.tokenizer_type": ("unigram", "bpe"),
+    "data.bad_rows": ("error", "skip"),
+    "data.tokenize": ("auto", "separate", "joint"),
     "reference.mode": ("in_step", "cached"),
     "online.scorer": ("gold", "reward_model", "preference_model"),
 }
@@ -82,7 +84,14 @@ def default_config() -> ConfigDict:
         vocab_size=128, tokenizer_type="unigram",
         pad_id=-1,  # -1 = the tokenizer's pad id
         num_train=20000, num_test=512, num_prompts=512,
-        list_size=4))  # K responses per prompt for listwise objectives
+        list_size=4,  # K responses per prompt for listwise objectives
+        # Public sources (hh_rlhf, tldr, ultrafeedback; see align/data/public.py):
+        manual_dir="",  # "" = download the original files; else a directory holding them
+        subsets="",  # comma-separated subsets ("" = the source's default set)
+        bad_rows="error",  # "error": stop at the first bad row; "skip": skip and count them
+        template="hh",  # chat template: "hh", "chatml", or a JSON object (align/data/chat.py)
+        tokenize="auto"))  # prompt + completion encoded "separate" or "joint"; auto = separate
+                           # for reviews / tfds (as their results were made), joint for public
     c.task = ConfigDict(dict(
         seed=0, temperature=1.0, length_bias=0.0, filler_bias=0.0, intransitive=0.0))
     c.objective = ConfigDict(dict(name="sft"))

@@ -2,14 +2,32 @@
 
 Dimension letters: B batch (per process), K responses per prompt, T tokens, P prompt tokens.
 
-Every sequence is `[bos] + prompt + completion + [eos]`; the prompt prefix
-`[bos] + prompt` is at most `max_prompt_len` tokens and keeps the END of the prompt
-(the part nearest the completion). Masks come from lengths, never from the pad id,
-because the pad id may equal the eos id.
+Every sequence is `[bos] + prompt + completion + [eos]`, right-padded to max_len (no bos
+when the tokenizer has none, bos_id < 0). Rules:
+- Truncation: the prefix `[bos] + prompt` is at most `max_prompt_len` tokens and keeps the
+  END of the prompt (the part nearest the completion); then the sequence is cut at
+  `max_len`, keeping the START of the completion (a cut completion loses its eos).
+  `align.data.token_report` counts truncated prompts and completions, and records the
+  pipeline cannot use, over a whole source.
+- Encoding: by default the prompt and each completion are encoded separately. With
+  `joint=True` (or a tokenizer whose `joint` attribute is true, when `joint=None`), the
+  text `prompt + completion` is encoded as one, so the completion's first tokens are the
+  ones the model sees after that prompt; the prompt's own tokens must be a prefix of that
+  encoding, and the completion's tokens are the rest. Where they are not a prefix (a
+  token spans the boundary), that completion falls back to separate encoding, and
+  the token report counts it as a joint fallback. The prompt tokens are always those of
+  the prompt alone, so every completion of a prompt shares one prefix and sampling starts
+  from the same tokens training saw.
+- EOS: appended exactly once. A completion whose text ends with the tokenizer's
+  `eos_text` (when it has one) loses that text first, and a completion whose encoding
+  already ends with the eos id gets no second one. The eos is a trained-on token: it is
+  inside the loss mask even when the pad id equals the eos id, because masks come from
+  lengths, never from the pad id.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -19,6 +37,8 @@ import numpy as np
 
 
 class TokenizerLike(Protocol):
+    """What the pipeline needs; it also reads `eos_text` and `joint` when a tokenizer has them."""
+
     pad_id: int
     eos_id: int
     bos_id: int
@@ -80,7 +100,8 @@ def _float(record, name, index) -> float:
 # ---------------------------------------------------------------- token layout
 
 
-def _check_lengths(max_len: int | None, max_prompt_len: int) -> None:
+def check_lengths(max_len: int | None, max_prompt_len: int) -> None:
+    """Errors unless 1 <= max_prompt_len < max_len (max_len None: prompts only)."""
     if max_prompt_len < 1:
         raise ValueError(f"max_prompt_len must be >= 1 (it counts the bos token), got {max_prompt_len}")
     if max_len is not None and max_len <= max_prompt_len:
@@ -89,20 +110,70 @@ def _check_lengths(max_len: int | None, max_prompt_len: int) -> None:
             "sequence keeps at least one completion token")
 
 
+def _joint(tokenizer: TokenizerLike, joint: bool | None) -> bool:
+    return bool(getattr(tokenizer, "joint", False)) if joint is None else bool(joint)
+
+
+def _bos(tokenizer: TokenizerLike) -> list[int]:
+    # Some Hugging Face tokenizers have no bos (bos_id -1): their prompts start bare.
+    return [tokenizer.bos_id] if tokenizer.bos_id >= 0 else []
+
+
+def cut_prompt(tokenizer: TokenizerLike, ids: Sequence[int], max_prompt_len: int) -> list[int]:
+    """`[bos] + ids`, cut from the left to at most `max_prompt_len` tokens."""
+    bos = _bos(tokenizer)
+    keep = max_prompt_len - len(bos)
+    ids = list(ids)
+    return bos + (ids[len(ids) - keep:] if len(ids) > keep else ids)
+
+
 def prompt_ids(tokenizer: TokenizerLike, prompt: str, max_prompt_len: int) -> list[int]:
     """`[bos] + encode(prompt)`, cut from the left to at most `max_prompt_len` tokens."""
-    ids = tokenizer.encode(prompt)
-    keep = max_prompt_len - 1
-    ids = ids[len(ids) - keep:] if len(ids) > keep else ids
-    return [tokenizer.bos_id] + list(ids)
+    return cut_prompt(tokenizer, tokenizer.encode(prompt), max_prompt_len)
 
 
-def completion_ids(tokenizer: TokenizerLike, completion: str, name: str, index: int) -> list[int]:
-    """`encode(completion) + [eos]`; an empty completion is an error naming the record."""
-    ids = tokenizer.encode(completion)
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """A completion's token ids (eos last, exactly once) and how they were made."""
+
+    ids: list[int]
+    joint: bool  # taken from the joint encoding of prompt + completion
+    fallback: bool  # joint encoding asked for, but the prompt's tokens were not its prefix
+    eos_in_text: bool  # the text already ended with the eos (text or token); not added again
+
+
+def encode_completion(tokenizer: TokenizerLike, completion: str, name: str, index: int, *,
+                      prompt: str = "", prompt_tokens: Sequence[int] | None = None,
+                      joint: bool = False) -> Completion:
+    """A completion's ids + [eos] by the module's rules; an empty one is an error naming the record."""
+    eos_text = getattr(tokenizer, "eos_text", None)
+    eos_in_text = bool(eos_text) and completion.endswith(eos_text)
+    if eos_in_text:
+        completion = completion[:-len(eos_text)]
+    ids, used_joint, fallback = None, False, False
+    if joint and completion.strip():
+        prompt_tokens = list(tokenizer.encode(prompt) if prompt_tokens is None else prompt_tokens)
+        full = list(tokenizer.encode(prompt + completion))
+        n = len(prompt_tokens)
+        if len(full) > n and full[:n] == prompt_tokens:
+            ids, used_joint = full[n:], True
+        else:
+            fallback = True
+    if ids is None:
+        ids = list(tokenizer.encode(completion))
     if not completion.strip() or not ids:
         raise ValueError(f"record {index}: field {name!r} is empty (got {completion!r})")
-    return list(ids) + [tokenizer.eos_id]
+    if ids[-1] == tokenizer.eos_id:
+        eos_in_text = True
+    else:
+        ids = ids + [tokenizer.eos_id]
+    return Completion(ids, used_joint, fallback, eos_in_text)
+
+
+def completion_ids(tokenizer: TokenizerLike, completion: str, name: str, index: int, *,
+                   prompt: str = "", joint: bool = False) -> list[int]:
+    """`encode(completion) + [eos]` (eos once); `joint`: split from `encode(prompt + completion)`."""
+    return encode_completion(tokenizer, completion, name, index, prompt=prompt, joint=joint).ids
 
 
 def pack_sequence(prefix: Sequence[int], completion: Sequence[int], *, max_len: int,
@@ -138,50 +209,98 @@ def _pad(tokenizer: TokenizerLike, pad_id: int | None) -> int:
     return tokenizer.pad_id if pad_id is None else int(pad_id)
 
 
+def _encode(tokenizer: TokenizerLike, index: int, prompt: str,
+            completions: Sequence[tuple[str, Any]], *, max_prompt_len: int, joint: bool | None
+            ) -> tuple[list[int], list[Completion], bool]:
+    """(prefix, completions, prompt was cut) for one prompt and its (name, text) completions."""
+    tokens = list(tokenizer.encode(prompt))
+    joint = _joint(tokenizer, joint)
+    encoded = [encode_completion(tokenizer, _as_text(text, name, index), name, index,
+                                 prompt=prompt, prompt_tokens=tokens, joint=joint)
+               for name, text in completions]
+    prefix = cut_prompt(tokenizer, tokens, max_prompt_len)
+    if not prefix:
+        raise ValueError(f"record {index}: the prompt is empty and the tokenizer has no bos "
+                         "token, so the completion would have nothing to follow")
+    return prefix, encoded, len(prefix) - len(_bos(tokenizer)) < len(tokens)
+
+
+def _tally(stats: dict | None, prefix: Sequence[int], completions: Sequence[Completion],
+           prompt_cut: bool, max_len: int) -> None:
+    """Adds one record's truncation and encoding counts to `stats` (see align.data.token_report)."""
+    if stats is None:
+        return
+    stats["prompts_truncated"] += int(prompt_cut)
+    for c in completions:
+        stats["completions"] += 1
+        stats["completions_truncated"] += int(len(prefix) + len(c.ids) > max_len)
+        stats["joint_fallbacks"] += int(c.fallback)
+        stats["eos_in_text"] += int(c.eos_in_text)
+        stats["completion_tokens_max"] = max(stats["completion_tokens_max"], len(c.ids))
+
+
 def sft_example(index: int, record: Mapping[str, Any], tokenizer: TokenizerLike, *,
-                max_len: int, max_prompt_len: int, pad_id: int | None = None
-                ) -> dict[str, np.ndarray]:
+                max_len: int, max_prompt_len: int, pad_id: int | None = None,
+                joint: bool | None = None, stats: dict | None = None) -> dict[str, np.ndarray]:
     """One sft record -> tokens/input_mask/loss_mask [T], gold_reward if present, example_id."""
-    prefix = prompt_ids(tokenizer, _text(record, "prompt", index), max_prompt_len)
-    completion = completion_ids(tokenizer, _text(record, "completion", index), "completion", index)
-    out = pack_sequence(prefix, completion, max_len=max_len, pad_id=_pad(tokenizer, pad_id))
+    prefix, (completion,), cut = _encode(
+        tokenizer, index, _text(record, "prompt", index),
+        [("completion", _field(record, "completion", index))],
+        max_prompt_len=max_prompt_len, joint=joint)
+    out = pack_sequence(prefix, completion.ids, max_len=max_len, pad_id=_pad(tokenizer, pad_id))
     if isinstance(record, Mapping) and "gold_reward" in record:
         out["gold_reward"] = np.float32(_float(record, "gold_reward", index))
     out["example_id"] = np.int32(index)
+    _tally(stats, prefix, [completion], cut, max_len)
     return out
 
 
 def prompt_example(index: int, record: Mapping[str, Any], tokenizer: TokenizerLike, *,
-                   max_prompt_len: int, pad_id: int | None = None) -> dict[str, Any]:
+                   max_prompt_len: int, pad_id: int | None = None,
+                   stats: dict | None = None) -> dict[str, Any]:
     """One prompt record -> left-padded prompt_tokens/prompt_mask [P], prompt_text, example_id."""
     text = _text(record, "prompt", index)
-    tokens_P, mask_P = left_pad(prompt_ids(tokenizer, text, max_prompt_len),
-                                length=max_prompt_len, pad_id=_pad(tokenizer, pad_id))
+    tokens = tokenizer.encode(text)
+    prefix = cut_prompt(tokenizer, tokens, max_prompt_len)
+    if not prefix:
+        raise ValueError(f"record {index}: the prompt is empty and the tokenizer has no bos token")
+    tokens_P, mask_P = left_pad(prefix, length=max_prompt_len, pad_id=_pad(tokenizer, pad_id))
+    if stats is not None:
+        stats["prompts_truncated"] += int(len(prefix) - len(_bos(tokenizer)) < len(tokens))
     return {"prompt_tokens": tokens_P, "prompt_mask": mask_P, "prompt_text": text,
             "example_id": np.int32(index)}
 
 
 def pair_example(index: int, record: Mapping[str, Any], tokenizer: TokenizerLike, *,
-                 max_len: int, max_prompt_len: int, pad_id: int | None = None
-                 ) -> dict[str, np.ndarray]:
+                 max_len: int, max_prompt_len: int, pad_id: int | None = None,
+                 joint: bool | None = None, stats: dict | None = None) -> dict[str, np.ndarray]:
     """One pair record -> chosen_* and rejected_* [T] sharing the prompt, golds if present."""
-    prefix = prompt_ids(tokenizer, _text(record, "prompt", index), max_prompt_len)
+    prompt = _text(record, "prompt", index)
+    sides = ("chosen", "rejected")
+    prefix, completions, cut = _encode(
+        tokenizer, index, prompt, [(side, _field(record, side, index)) for side in sides],
+        max_prompt_len=max_prompt_len, joint=joint)
     out = {}
-    for side in ("chosen", "rejected"):
-        completion = completion_ids(tokenizer, _text(record, side, index), side, index)
-        seq = pack_sequence(prefix, completion, max_len=max_len, pad_id=_pad(tokenizer, pad_id))
+    for side, completion in zip(sides, completions):
+        seq = pack_sequence(prefix, completion.ids, max_len=max_len, pad_id=_pad(tokenizer, pad_id))
         out.update({f"{side}_{k}": v for k, v in seq.items()})
         if isinstance(record, Mapping) and f"{side}_gold" in record:
             out[f"{side}_gold"] = np.float32(_float(record, f"{side}_gold", index))
     out["example_id"] = np.int32(index)
+    _tally(stats, prefix, completions, cut, max_len)
+    if stats is not None:
+        stats["pairs_identical"] += int(np.array_equal(out["chosen_tokens"], out["rejected_tokens"])
+                                        and np.array_equal(out["chosen_input_mask"],
+                                                           out["rejected_input_mask"]))
     return out
 
 
 def list_example(index: int, record: Mapping[str, Any], tokenizer: TokenizerLike, *,
                  max_len: int, max_prompt_len: int, list_size: int,
-                 pad_id: int | None = None) -> dict[str, np.ndarray]:
+                 pad_id: int | None = None, joint: bool | None = None,
+                 stats: dict | None = None) -> dict[str, np.ndarray]:
     """One list record -> tokens/masks [K,T], labels/list_mask (and gold) [K], example_id."""
-    prefix = prompt_ids(tokenizer, _text(record, "prompt", index), max_prompt_len)
+    prompt = _text(record, "prompt", index)
     texts = _as_list(_field(record, "completions", index), "completions", index)
     labels = _as_list(_field(record, "labels", index), "labels", index)
     golds = (_as_list(_field(record, "gold", index), "gold", index)
@@ -193,13 +312,14 @@ def list_example(index: int, record: Mapping[str, Any], tokenizer: TokenizerLike
         if values is not None and len(values) != k:
             raise ValueError(
                 f"record {index}: field {name!r} has {len(values)} items but 'completions' has {k}")
+    prefix, completions, cut = _encode(
+        tokenizer, index, prompt, [(f"completions[{i}]", t) for i, t in enumerate(texts)],
+        max_prompt_len=max_prompt_len, joint=joint)
     tokens_KxT = np.full((list_size, max_len), _pad(tokenizer, pad_id), np.int32)
     input_mask_KxT = np.zeros((list_size, max_len), np.int32)
     loss_mask_KxT = np.zeros((list_size, max_len), np.int32)
-    for i, text in enumerate(texts):
-        name = f"completions[{i}]"
-        completion = completion_ids(tokenizer, _as_text(text, name, index), name, index)
-        seq = pack_sequence(prefix, completion, max_len=max_len, pad_id=_pad(tokenizer, pad_id))
+    for i, completion in enumerate(completions):
+        seq = pack_sequence(prefix, completion.ids, max_len=max_len, pad_id=_pad(tokenizer, pad_id))
         tokens_KxT[i], input_mask_KxT[i], loss_mask_KxT[i] = (
             seq["tokens"], seq["input_mask"], seq["loss_mask"])
     labels_K = np.zeros((list_size,), np.float32)
@@ -213,6 +333,7 @@ def list_example(index: int, record: Mapping[str, Any], tokenizer: TokenizerLike
         gold_K[:k] = [_as_float(v, f"gold[{i}]", index) for i, v in enumerate(golds)]
         out["gold"] = gold_K
     out["example_id"] = np.int32(index)
+    _tally(stats, prefix, completions, cut, max_len)
     return out
 
 
@@ -296,12 +417,13 @@ def make_batches(source: Sequence[Any], example_fn: Callable[[int, Any], dict], 
 def sft_batches(source, tokenizer: TokenizerLike, *, batch_size: int, max_len: int,
                 max_prompt_len: int, seed: int, shuffle: bool = True,
                 num_epochs: int | None = None, drop_remainder: bool = True,
-                pad_id: int | None = None, process_index: int | None = None,
+                pad_id: int | None = None, joint: bool | None = None,
+                process_index: int | None = None,
                 process_count: int | None = None) -> grain.DatasetIterator:
     """Batches of tokens/input_mask/loss_mask [B,T], gold_reward [B] if present, example_id [B]."""
-    _check_lengths(max_len, max_prompt_len)
+    check_lengths(max_len, max_prompt_len)
     fn = functools.partial(sft_example, tokenizer=tokenizer, max_len=max_len,
-                           max_prompt_len=max_prompt_len, pad_id=pad_id)
+                           max_prompt_len=max_prompt_len, pad_id=pad_id, joint=joint)
     return make_batches(source, fn, batch_size=batch_size, seed=seed, shuffle=shuffle,
                         num_epochs=num_epochs, drop_remainder=drop_remainder,
                         process_index=process_index, process_count=process_count)
@@ -313,7 +435,7 @@ def prompt_batches(source, tokenizer: TokenizerLike, *, batch_size: int, max_pro
                    process_index: int | None = None,
                    process_count: int | None = None) -> grain.DatasetIterator:
     """Left-padded prompt_tokens/prompt_mask [B,P], prompt_text [B] (object), example_id [B]."""
-    _check_lengths(None, max_prompt_len)
+    check_lengths(None, max_prompt_len)
     fn = functools.partial(prompt_example, tokenizer=tokenizer, max_prompt_len=max_prompt_len,
                            pad_id=pad_id)
     return make_batches(source, fn, batch_size=batch_size, seed=seed, shuffle=shuffle,
@@ -324,12 +446,13 @@ def prompt_batches(source, tokenizer: TokenizerLike, *, batch_size: int, max_pro
 def pair_batches(source, tokenizer: TokenizerLike, *, batch_size: int, max_len: int,
                  max_prompt_len: int, seed: int, shuffle: bool = True,
                  num_epochs: int | None = None, drop_remainder: bool = True,
-                 pad_id: int | None = None, process_index: int | None = None,
+                 pad_id: int | None = None, joint: bool | None = None,
+                 process_index: int | None = None,
                  process_count: int | None = None) -> grain.DatasetIterator:
     """{chosen,rejected}_{tokens,input_mask,loss_mask} [B,T], *_gold [B], example_id [B]."""
-    _check_lengths(max_len, max_prompt_len)
+    check_lengths(max_len, max_prompt_len)
     fn = functools.partial(pair_example, tokenizer=tokenizer, max_len=max_len,
-                           max_prompt_len=max_prompt_len, pad_id=pad_id)
+                           max_prompt_len=max_prompt_len, pad_id=pad_id, joint=joint)
     return make_batches(source, fn, batch_size=batch_size, seed=seed, shuffle=shuffle,
                         num_epochs=num_epochs, drop_remainder=drop_remainder,
                         process_index=process_index, process_count=process_count)
@@ -338,14 +461,16 @@ def pair_batches(source, tokenizer: TokenizerLike, *, batch_size: int, max_len: 
 def list_batches(source, tokenizer: TokenizerLike, *, batch_size: int, list_size: int,
                  max_len: int, max_prompt_len: int, seed: int, shuffle: bool = True,
                  num_epochs: int | None = None, drop_remainder: bool = True,
-                 pad_id: int | None = None, process_index: int | None = None,
+                 pad_id: int | None = None, joint: bool | None = None,
+                 process_index: int | None = None,
                  process_count: int | None = None) -> grain.DatasetIterator:
     """tokens/input_mask/loss_mask [B,K,T], labels/list_mask/gold [B,K], example_id [B]."""
-    _check_lengths(max_len, max_prompt_len)
+    check_lengths(max_len, max_prompt_len)
     if list_size < 1:
         raise ValueError(f"list_size must be >= 1, got {list_size}")
     fn = functools.partial(list_example, tokenizer=tokenizer, max_len=max_len,
-                           max_prompt_len=max_prompt_len, list_size=list_size, pad_id=pad_id)
+                           max_prompt_len=max_prompt_len, list_size=list_size, pad_id=pad_id,
+                           joint=joint)
     return make_batches(source, fn, batch_size=batch_size, seed=seed, shuffle=shuffle,
                         num_epochs=num_epochs, drop_remainder=drop_remainder,
                         process_index=process_index, process_count=process_count)

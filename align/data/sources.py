@@ -1,6 +1,11 @@
-"""Where a run's data comes from: the synthetic world (built as TFDS datasets) or a prepared TFDS dataset.
+"""Where a run's data comes from: the synthetic world (built as TFDS datasets), a public
+preference dataset (HH-RLHF, TL;DR, UltraFeedback, built from its original files), or a
+prepared TFDS dataset.
 
 Process 0 trains the tokenizer and builds the datasets; the other processes wait for it.
+A public source serves every kind (sft, prompts, pairs, lists) from its own records
+(align/data/public.py) and ignores the world's sizes (num_train, num_test, num_prompts);
+without data.tokenizer_path, a SentencePiece tokenizer is trained on its train split.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from typing import Any, NamedTuple
 import jax
 
 from align import mesh as mesh_lib
-from align.data import builders
+from align.data import builders, public
+from align.data.chat import get_template
 from align.data.tokenizer import Tokenizer, get_or_train_tokenizer
 
 
@@ -47,6 +53,62 @@ def make_world(cfg):
     return ReviewWorld(WorldConfig(**world))
 
 
+def joint_encoding(cfg) -> bool:
+    """Whether prompt + completion are tokenized as one text (data.tokenize; see pipeline.py).
+
+    "auto" keeps separate encoding for the synthetic world and prepared TFDS data (the
+    world's completions carry no leading space, so joint encoding would change all of its
+    tokens and its published results), and uses joint encoding for public sources.
+    """
+    if cfg.data.tokenize == "auto":
+        return cfg.data.source in public.SOURCES
+    return cfg.data.tokenize == "joint"
+
+
+def _texts(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (bytes, str)):
+        value = [value]
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value]
+
+
+def _corpus(sources: dict, limit: int) -> list[str]:
+    """Prompt and completion texts of the first `limit` records of a train split."""
+    lines = []
+    for i in range(min(limit, len(sources["train"]))):
+        record = sources["train"][i]
+        for key in ("prompt", "completion", "chosen", "rejected", "completions"):
+            lines += _texts(record.get(key))
+    return lines
+
+
+def _prepare_public(cfg, kinds, ddir: str, tok_path: str, given_tokenizer: bool) -> "RunData":
+    d = cfg.data
+    try:
+        get_template(d.template)
+    except ValueError as e:
+        raise ValueError(f"config key 'data.template': {e}") from None
+    primary = jax.process_index() == 0
+    build = lambda kind: public.build_public(
+        d.source, kind, ddir, manual_dir=d.manual_dir, subsets=d.subsets, template=d.template,
+        bad_rows=d.bad_rows, verbose=primary)
+    if primary:
+        os.makedirs(ddir, exist_ok=True)
+        built = {kind: build(kind) for kind in kinds}
+        if not given_tokenizer:
+            corpus_kind = next(k for k in ("sft", "pairs", "lists", "prompts") if k in built)
+            limit = min(20000, max(2000, int(d.num_train)))
+            # Public text has more distinct characters than a small vocabulary holds: the
+            # rarest few map to unk instead of failing the training.
+            get_or_train_tokenizer(
+                tok_path, lambda: _corpus(built[corpus_kind], limit), vocab_size=int(d.vocab_size),
+                model_type=d.tokenizer_type, character_coverage=0.9995)
+    mesh_lib.barrier("align-data")
+    return RunData(Tokenizer.load(tok_path, joint=joint_encoding(cfg)), None,
+                   {kind: build(kind) for kind in kinds})
+
+
 def prepare(cfg, workdir: str, *, kinds=("sft", "prompts"), data_dir: str = "",
             tokenizer_path: str = "") -> RunData:
     """Tokenizer and sources of the given kinds, built once (by process 0) and reused on resume.
@@ -58,6 +120,9 @@ def prepare(cfg, workdir: str, *, kinds=("sft", "prompts"), data_dir: str = "",
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown data kinds {unknown}; valid: {KINDS}")
+    if cfg.data.source in public.SOURCES:
+        return _prepare_public(cfg, kinds, ddir, tok_path,
+                               bool(tokenizer_path or cfg.data.tokenizer_path))
     if cfg.data.source == "reviews":
         world = make_world(cfg)
         world_s, labeler_s = world_settings(cfg)
@@ -78,12 +143,13 @@ def prepare(cfg, workdir: str, *, kinds=("sft", "prompts"), data_dir: str = "",
             for kind in kinds:
                 build(kind)
         mesh_lib.barrier("align-data")
-        return RunData(Tokenizer.load(tok_path), world, {kind: build(kind) for kind in kinds})
+        return RunData(Tokenizer.load(tok_path, joint=joint_encoding(cfg)), world,
+                       {kind: build(kind) for kind in kinds})
     if not cfg.data.tfds_name:
         raise ValueError("data.source='tfds' needs data.tfds_name (a prepared array_record dataset)")
     if not (tokenizer_path or cfg.data.tokenizer_path):
         raise ValueError("data.source='tfds' needs data.tokenizer_path (a SentencePiece .model)")
-    tokenizer = Tokenizer.load(tok_path)
+    tokenizer = Tokenizer.load(tok_path, joint=joint_encoding(cfg))
     # An external dataset serves the objective's own kind; prompts for sampling come from it too.
     main = {s: builders.tfds_source(cfg.data.tfds_name, s, ddir) for s in ("train", "test")}
     return RunData(tokenizer, None, {k: main for k in kinds if k != "prompts"})

@@ -1,6 +1,12 @@
 """SentencePiece tokenizer with fixed special ids (pad 0, eos 1, bos 2, unk 3).
 
 Dimension letters: none (token ids are plain lists here).
+
+Besides encode/decode and the special ids, a tokenizer carries two things the pipeline's
+tokenization rules read (align/data/pipeline.py): `eos_text`, the eos piece as text
+("</s>"), so a completion that already ends with it gets no second eos; and `joint`,
+whether prompt and completion are encoded as one text (set per data source by
+align/data/sources.py; False unless asked for).
 """
 from __future__ import annotations
 
@@ -18,9 +24,11 @@ _SUFFIX = ".model"
 class Tokenizer:
     """Thin wrapper over a SentencePiece model: encode/decode and special ids."""
 
-    def __init__(self, processor: spm.SentencePieceProcessor, path: str = "<memory>"):
+    def __init__(self, processor: spm.SentencePieceProcessor, path: str = "<memory>", *,
+                 joint: bool = False):
         self._sp = processor
         self.path = path
+        self.joint = bool(joint)
 
     @classmethod
     def train(
@@ -30,8 +38,13 @@ class Tokenizer:
             *,
             vocab_size: int,
             model_type: str = "unigram",
+            character_coverage: float = 1.0,
     ) -> "Tokenizer":
-        """Trains on in-memory lines and writes `<path_prefix>.model` atomically."""
+        """Trains on in-memory lines and writes `<path_prefix>.model` atomically.
+
+        character_coverage < 1 lets the rarest characters map to unk, so that a corpus with
+        more distinct characters than vocab_size (public text) still trains.
+        """
         if model_type not in ("unigram", "bpe", "char", "word"):
             raise ValueError(
                     f"model_type must be one of unigram, bpe, char, word; got {model_type!r}"
@@ -57,9 +70,9 @@ class Tokenizer:
                     shuffle_input_sentence=False,
                     num_threads=1,
                     # Identity normalisation so decode(encode(text)) gives the text the
-                    # gold reward scored, and every character of the corpus gets a piece.
+                    # gold reward scored; by default every character of the corpus gets a piece.
                     normalization_rule_name="identity",
-                    character_coverage=1.0,
+                    character_coverage=character_coverage,
                     minloglevel=2,
             )
         except RuntimeError as e:
@@ -84,7 +97,7 @@ class Tokenizer:
         return cls.load(path)
 
     @classmethod
-    def load(cls, path: str) -> "Tokenizer":
+    def load(cls, path: str, *, joint: bool = False) -> "Tokenizer":
         """Loads a `.model` file; names the path if it is missing or corrupt."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer model not found: {path}")
@@ -97,7 +110,7 @@ class Tokenizer:
             raise ValueError(f"tokenizer model {path} is corrupt or not a SentencePiece model: {e}") from e
         if processor.GetPieceSize() == 0:
             raise ValueError(f"tokenizer model {path} is corrupt: it has an empty vocabulary")
-        return cls(processor, path)
+        return cls(processor, path, joint=joint)
 
     @property
     def vocab_size(self) -> int:
@@ -119,6 +132,11 @@ class Tokenizer:
     def unk_id(self) -> int:
         return self._sp.unk_id()
 
+    @property
+    def eos_text(self) -> str:
+        """The eos piece as text; SentencePiece encodes this text as characters, not as eos."""
+        return self._sp.IdToPiece(self.eos_id)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without bos or eos."""
         return self._sp.EncodeAsIds(text)
@@ -128,7 +146,7 @@ class Tokenizer:
         return self._sp.DecodeIds([int(i) for i in ids])
 
     def __repr__(self) -> str:
-        return f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size})"
+        return f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size}, joint={self.joint})"
 
 
 def get_or_train_tokenizer(
@@ -137,6 +155,7 @@ def get_or_train_tokenizer(
         *,
         vocab_size: int,
         model_type: str = "unigram",
+        character_coverage: float = 1.0,
 ) -> Tokenizer:
     """Loads `path` (a `.model` file) if it exists, else trains it from `lines_fn()`."""
     if not path.endswith(_SUFFIX):
@@ -150,5 +169,6 @@ def get_or_train_tokenizer(
             )
         return tok
     return Tokenizer.train(
-            lines_fn(), path[: -len(_SUFFIX)], vocab_size=vocab_size, model_type=model_type
+            lines_fn(), path[: -len(_SUFFIX)], vocab_size=vocab_size, model_type=model_type,
+            character_coverage=character_coverage,
     )

@@ -37,6 +37,12 @@ def _rank_mask(params):
 
 
 def decay_mask_from_names(names_tree):
-    """Decay weight matrices only: two or more logical axes besides the stacked "layers" axis."""
-    return jax.tree.map(lambda names: sum(n != "layers" for n in names) >= 2, names_tree,
-                        is_leaf=lambda x: isinstance(x, tuple))
+    """Decay weight matrices only: two or more logical axes besides the stacked "layers" axis,
+    and not a bias (Qwen2's q/k/v biases are [heads, head_dim])."""
+
+    def decayed(path, names):
+        last = str(getattr(path[-1], "key", path[-1])) if path else ""
+        return sum(n != "layers" for n in names) >= 2 and not last.endswith("bias")
+
+    return jax.tree_util.tree_map_with_path(decayed, names_tree,
+                                            is_leaf=lambda x: isinstance(x, tuple))

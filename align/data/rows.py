@@ -1,0 +1,194 @@
+"""Reading the rows of public JSON-lines files, and what happens to bad rows.
+
+Dimension letters: none (rows are dicts of text and numbers).
+
+A row is one non-blank line of a (possibly gzipped) JSON-lines file. A bad row is named by
+`<file>:<line>`, a kind from BAD_KINDS and what is wrong. With the policy "error" (the
+default) the first bad row stops the build with a `BadRowError`; with "skip" it is left
+out and counted by kind, and the build reports the counts (and where the first of each
+kind was). Rows left out by a documented rule of a format (e.g. tied ratings) are not
+bad: they are counted as `excluded` under their reason. Blank lines are not rows; they
+are counted as excluded "blank_line" too, so nothing is dropped without a count.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import math
+import os
+from typing import Any, Callable, Iterator, Mapping
+
+POLICIES = ("error", "skip")
+BAD_KINDS = (
+    "not_json",               # the line is not a JSON object
+    "invalid_utf8",           # the line's bytes (or a decoded string) are not valid UTF-8
+    "missing_field",          # a required field is absent (or null)
+    "wrong_type",             # a field has the wrong type or shape
+    "empty_completion",       # a completion / reply / summary is empty or only whitespace
+    "identical_pair",         # chosen and rejected are the same text
+    "out_of_range",           # a rating, score or choice outside its allowed range
+    "unsplittable_dialogue",  # an HH-RLHF pair that does not split into prompt + two replies
+)
+
+
+class BadRow(Exception):
+    """What is wrong with one row: a kind from BAD_KINDS and a detail."""
+
+    def __init__(self, kind: str, detail: str):
+        if kind not in BAD_KINDS:
+            raise ValueError(f"unknown bad-row kind {kind!r}; valid: {BAD_KINDS}")
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
+class BadRowError(ValueError):
+    """A bad row under the policy "error": the message names the file, line and problem."""
+
+    def __init__(self, where: str, kind: str, detail: str):
+        super().__init__(f"{where}: bad row ({kind}): {detail}. To skip and count such rows "
+                         "instead, set bad_rows='skip' (config: data.bad_rows=skip)")
+        self.where, self.kind, self.detail = where, kind, detail
+
+
+class RowLog:
+    """Applies a bad-row policy and counts bad and excluded rows by kind."""
+
+    def __init__(self, policy: str = "error"):
+        if policy not in POLICIES:
+            raise ValueError(f"bad_rows must be one of {POLICIES}, got {policy!r}")
+        self.policy = policy
+        self.bad_counts: collections.Counter = collections.Counter()
+        self.first_bad: dict[str, str] = {}
+        self.excluded: collections.Counter = collections.Counter()
+        self.rows = 0  # rows read (bad ones included) and counted by this log
+
+    def bad(self, where: str, kind: str, detail: str, *, count: bool = True) -> None:
+        """Raises under "error"; under "skip" counts the row (when `count`) and returns."""
+        if self.policy == "error":
+            raise BadRowError(where, kind, detail)
+        if count:
+            self.bad_counts[kind] += 1
+            self.first_bad.setdefault(kind, f"{where}: {detail}")
+
+    def exclude(self, reason: str, *, count: bool = True) -> None:
+        if count:
+            self.excluded[reason] += 1
+
+    def lines(self, name: str, path: str | os.PathLike, *, count: bool = True
+              ) -> Iterator[tuple[str, dict]]:
+        """(where, row) for each JSON-object line of a file; gzip when the name ends in .gz.
+
+        `count=False` reads without counting or reporting unreadable lines (for a pass over a
+        file whose rows another pass has already counted); under "error" they still raise.
+        """
+        opener = gzip.open if str(name).endswith(".gz") else open
+        try:
+            f = opener(path, "rb")
+        except OSError as e:
+            raise FileNotFoundError(f"cannot open {name} ({path}): {e}") from e
+        with f:
+            for number, raw in enumerate(f, start=1):
+                where = f"{name}:{number}"
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    self._count_row(count)
+                    self.bad(where, "invalid_utf8", f"byte {raw[e.start]:#04x} at column {e.start + 1} "
+                             "is not valid UTF-8", count=count)
+                    continue
+                if not text.strip():
+                    self.exclude("blank_line", count=count)
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as e:
+                    self._count_row(count)
+                    self.bad(where, "not_json", f"not JSON ({e.msg} at column {e.colno})", count=count)
+                    continue
+                if not isinstance(row, dict):
+                    self._count_row(count)
+                    self.bad(where, "not_json", f"a JSON {type(row).__name__}, not an object",
+                             count=count)
+                    continue
+                yield where, row
+
+    def _count_row(self, count: bool) -> None:
+        if count:
+            self.rows += 1
+
+    def parse(self, where: str, fn: Callable[..., Any], *args: Any, count: bool = True) -> Any:
+        """fn(*args), or None when it raises BadRow (after applying the policy)."""
+        self._count_row(count)
+        try:
+            return fn(*args)
+        except BadRow as e:
+            self.bad(where, e.kind, e.detail, count=count)
+            return None
+
+    def summary(self) -> dict:
+        """Counts as plain JSON: rows read, bad rows by kind (and the first of each), excluded."""
+        return {"policy": self.policy, "rows": self.rows,
+                "bad_rows": dict(sorted(self.bad_counts.items())),
+                "first_bad": dict(sorted(self.first_bad.items())),
+                "excluded": dict(sorted(self.excluded.items()))}
+
+
+# ---------------------------------------------------------------- field checks (raise BadRow)
+
+
+def field(row: Mapping, key: str, what: str = "") -> Any:
+    """row[key]; missing or null is a "missing_field" bad row."""
+    name = f"{what}.{key}" if what else key
+    if not isinstance(row, Mapping):
+        raise BadRow("wrong_type", f"{what or 'row'} must be an object, got {type(row).__name__}")
+    if key not in row:
+        raise BadRow("missing_field", f"field {name!r} is missing (fields present: {sorted(row)})")
+    if row[key] is None:
+        raise BadRow("missing_field", f"field {name!r} is null")
+    return row[key]
+
+
+def text(row: Mapping, key: str, what: str = "") -> str:
+    """A text field that encodes as UTF-8 (JSON escapes can hold lone surrogates)."""
+    value = field(row, key, what)
+    name = f"{what}.{key}" if what else key
+    if not isinstance(value, str):
+        raise BadRow("wrong_type", f"field {name!r} must be text, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRow("invalid_utf8", f"field {name!r} holds {value[e.start]!r} at {e.start}, "
+                     "which is not valid UTF-8") from e
+    return value
+
+
+def items(row: Mapping, key: str, what: str = "") -> list:
+    value = field(row, key, what)
+    if not isinstance(value, list):
+        name = f"{what}.{key}" if what else key
+        raise BadRow("wrong_type", f"field {name!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def number(row: Mapping, key: str, lo: float, hi: float, what: str = "") -> float:
+    """A finite number field within [lo, hi]; outside is "out_of_range"."""
+    value = field(row, key, what)
+    name = f"{what}.{key}" if what else key
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRow("wrong_type", f"field {name!r} must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise BadRow("out_of_range", f"field {name!r} is {value}, outside [{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def nonempty(value: str, name: str) -> str:
+    if not value.strip():
+        raise BadRow("empty_completion", f"{name} is empty ({value!r})")
+    return value
+
+
+def distinct(chosen: str, rejected: str) -> None:
+    if chosen == rejected:
+        raise BadRow("identical_pair", f"chosen and rejected are the same text ({chosen[:60]!r})")
