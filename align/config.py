@@ -49,6 +49,8 @@ class ConfigError(ValueError):
 CHOICES: dict[str, tuple] = {
     "model.dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
+    "model.mlp_activation": ("silu", "gelu_tanh"),
+    "model.rope_scaling": ("none", "llama3"),
     "data.source": ("reviews", "tfds", "hh_rlhf", "tldr", "ultrafeedback"),
     "data.tokenizer_type": ("unigram", "bpe"),
     "data.bad_rows": ("error", "skip"),
@@ -73,7 +75,14 @@ def default_config() -> ConfigDict:
         d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192,
         head_dim=0,  # 0 = d_model // n_heads
         max_len=128, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True,
-        dtype="float32", remat="none", scan_layers=False, init_std=0.02))
+        dtype="float32", remat="none", scan_layers=False, init_std=0.02,
+        # Families beyond LLaMA (set by a Hugging Face import; see third_party/hf_layouts.py):
+        qkv_bias=False,  # Qwen2
+        mlp_activation="silu",  # "gelu_tanh": Gemma's GeGLU
+        norm_plus_one=False, embed_scale=False,  # Gemma: (1 + scale) norms, √d embeddings
+        rope_scaling="none",  # "llama3": Llama 3.1's frequency scaling, with:
+        rope_scaling_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+        rope_original_max_len=8192))
     c.data = ConfigDict(dict(
         source="reviews", tfds_name="",
         data_dir="",  # "" = <workdir>/data
@@ -100,7 +109,12 @@ def default_config() -> ConfigDict:
         # workdir = that run's workdir; "" = random initialisation. A relative path is taken
         # inside this run's workdir. If `config` is set and that run has not finished, it is
         # run first (so one command can chain SFT -> preference training).
-        workdir="", config="", overrides=""))  # overrides: "a.b=v;c=w" for the config above
+        workdir="", config="", overrides="",  # overrides: "a.b=v;c=w" for the config above
+        # Or start from a Hugging Face checkpoint directory (config.json, *.safetensors and a
+        # tokenizer.json or tokenizer.model): its architecture replaces the model section
+        # except dtype, remat and scan_layers, and its tokenizer is used unless
+        # data.tokenizer_path says otherwise.
+        pretrained=""))
     c.online = ConfigDict(dict(
         # Online objectives: who scores the samples (the synthetic world's gold reward and
         # labeler, or a finished reward / preference model run in scorer_workdir), and how

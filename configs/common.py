@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from align import config as config_lib
 
 # name -> (d_model, n_layers, n_heads, n_kv_heads, d_ff)
@@ -55,4 +57,19 @@ def schedule(cfg, *, steps: int, lr: float, warmup: int | None = None):
 def start_from(cfg, workdir: str, config: str = "", overrides: str = ""):
     """Start from the run in `workdir` (relative to this run's), running `config` there first."""
     cfg.init.update(workdir=workdir, config=config, overrides=overrides)
+    return cfg
+
+
+def pretrained(cfg, path: str):
+    """Start from a Hugging Face checkpoint directory; the model section becomes its
+    architecture (read from its config.json, so the written config says what runs)."""
+    from align.models import hf_checkpoint
+    if not path:
+        raise ValueError("checkpoint=PATH is required: a Hugging Face checkpoint directory "
+                         "(config.json, *.safetensors, tokenizer.json or tokenizer.model)")
+    _, arch = hf_checkpoint.read_hf_config(path)
+    for key, value in dataclasses.asdict(arch).items():
+        if key in cfg.model and key not in ("dtype", "remat", "scan_layers"):
+            cfg.model[key] = value
+    cfg.init.pretrained = path
     return cfg

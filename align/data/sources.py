@@ -53,6 +53,22 @@ def make_world(cfg):
     return ReviewWorld(WorldConfig(**world))
 
 
+def load_tokenizer(path: str, joint: bool = False):
+    """A SentencePiece `.model` or a Hugging Face `tokenizer.json` (or a directory holding one,
+    e.g. a pretrained checkpoint's), with joint prompt + completion encoding on or off."""
+    from align.data.hf_tokenizer import load_tokenizer as load_any
+    if path.endswith(".model"):
+        return Tokenizer.load(path, joint=joint)
+    tokenizer = load_any(path)
+    tokenizer.joint = joint
+    return tokenizer
+
+
+def _trainable(path: str) -> bool:
+    """Whether a missing tokenizer at `path` is ours to train (a SentencePiece file path)."""
+    return not (os.path.isdir(path) or path.endswith(".json"))
+
+
 def joint_encoding(cfg) -> bool:
     """Whether prompt + completion are tokenized as one text (data.tokenize; see pipeline.py).
 
@@ -105,7 +121,7 @@ def _prepare_public(cfg, kinds, ddir: str, tok_path: str, given_tokenizer: bool)
                 tok_path, lambda: _corpus(built[corpus_kind], limit), vocab_size=int(d.vocab_size),
                 model_type=d.tokenizer_type, character_coverage=0.9995)
     mesh_lib.barrier("align-data")
-    return RunData(Tokenizer.load(tok_path, joint=joint_encoding(cfg)), None,
+    return RunData(load_tokenizer(tok_path, joint_encoding(cfg)), None,
                    {kind: build(kind) for kind in kinds})
 
 
@@ -137,19 +153,22 @@ def prepare(cfg, workdir: str, *, kinds=("sft", "prompts"), data_dir: str = "",
                                                     sizes=sizes[kind])
         if jax.process_index() == 0:
             os.makedirs(ddir, exist_ok=True)
-            get_or_train_tokenizer(
-                tok_path, lambda: world.corpus(min(20000, max(2000, int(cfg.data.num_train)))),
-                vocab_size=int(cfg.data.vocab_size), model_type=cfg.data.tokenizer_type)
+            if _trainable(tok_path):
+                get_or_train_tokenizer(
+                    tok_path,
+                    lambda: world.corpus(min(20000, max(2000, int(cfg.data.num_train)))),
+                    vocab_size=int(cfg.data.vocab_size), model_type=cfg.data.tokenizer_type)
             for kind in kinds:
                 build(kind)
         mesh_lib.barrier("align-data")
-        return RunData(Tokenizer.load(tok_path, joint=joint_encoding(cfg)), world,
+        return RunData(load_tokenizer(tok_path, joint_encoding(cfg)), world,
                        {kind: build(kind) for kind in kinds})
     if not cfg.data.tfds_name:
         raise ValueError("data.source='tfds' needs data.tfds_name (a prepared array_record dataset)")
     if not (tokenizer_path or cfg.data.tokenizer_path):
-        raise ValueError("data.source='tfds' needs data.tokenizer_path (a SentencePiece .model)")
-    tokenizer = Tokenizer.load(tok_path, joint=joint_encoding(cfg))
+        raise ValueError("data.source='tfds' needs data.tokenizer_path (a SentencePiece .model "
+                         "or a tokenizer.json)")
+    tokenizer = load_tokenizer(tok_path, joint_encoding(cfg))
     # An external dataset serves the objective's own kind; prompts for sampling come from it too.
     main = {s: builders.tfds_source(cfg.data.tfds_name, s, ddir) for s in ("train", "test")}
     return RunData(tokenizer, None, {k: main for k in kinds if k != "prompts"})

@@ -33,6 +33,7 @@ from align.train import state as state_lib
 from align.train import step as step_lib
 
 REWARD_OFFSET_FILE = "reward_offset.json"
+DATA_REPORT_FILE = "data_report.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,17 +71,36 @@ class Trainer:
         self.primary = jax.process_index() == 0
         self.objective = objectives.make(cfg.objective, chunk_size=cfg.logprobs.chunk_size)
         self.parent = runs.require_finished(cfg.init.workdir, workdir) if cfg.init.workdir else None
+        self.pretrained = runs.pretrained_dir(cfg)
+        if self.pretrained and self.parent is not None:
+            raise ValueError("set init.workdir (start from a run) or init.pretrained (start from "
+                             "a Hugging Face checkpoint), not both")
 
         self.is_policy = self.objective.model in ("lm", "lm_value")
         kinds = {self.objective.data, "sft"} | ({"prompts"} if self.is_policy else set())
         self.data = sources.prepare(
             cfg, workdir, kinds=sorted(kinds),
             data_dir=self.parent.data_dir if self.parent and not cfg.data.data_dir else "",
-            tokenizer_path=self.parent.tokenizer_path if self.parent else "")
+            tokenizer_path=(self.parent.tokenizer_path if self.parent
+                            else runs.tokenizer_path(cfg)))
         tok = self.data.tokenizer
         self.pad_id = tok.pad_id if cfg.data.pad_id < 0 else int(cfg.data.pad_id)
-        self.model_cfg = (runs.inherit_model(cfg.model, self.parent.model_cfg) if self.parent
-                          else model_config(cfg, tok.vocab_size))
+        if self.primary:
+            self._report_data()
+        pretrained_params = None
+        if self.parent:
+            self.model_cfg = runs.inherit_model(cfg.model, self.parent.model_cfg)
+        elif self.pretrained:
+            from align.models import hf_checkpoint
+            self.model_cfg, pretrained_params = hf_checkpoint.load_pretrained(
+                self.pretrained, self.mesh, self.rules,
+                overrides={k: cfg.model[k] for k in runs.EXECUTION_FIELDS + ("scan_layers",)})
+            if tok.vocab_size > self.model_cfg.vocab_size:
+                raise ValueError(f"the tokenizer's {tok.vocab_size} ids exceed the vocabulary of "
+                                 f"the checkpoint in {self.pretrained} "
+                                 f"({self.model_cfg.vocab_size})")
+        else:
+            self.model_cfg = model_config(cfg, tok.vocab_size)
         self.make_fn = runs.model_fn(self.objective.model, self.model_cfg, cfg.objective)
         self.model_def = state_lib.describe(self.make_fn)
         # The reference (and every language model beside the trained one) as its own model
@@ -112,6 +132,8 @@ class Trainer:
             runs.write_model_config(workdir, self.model_cfg)
 
         self.parent_params = None
+        if pretrained_params is not None:
+            self.parent_params, self.parent_kind = pretrained_params, "lm"
         if self.parent is not None:
             self.parent_params, self.parent_kind, _ = runs.final_params(
                 self.parent, self.mesh, self.rules)
@@ -139,6 +161,29 @@ class Trainer:
         self.last_samples: dict[str, Any] = {}
 
     # Data ------------------------------------------------------------------------------------
+    def _report_data(self) -> None:
+        """What tokenization does to the training split (truncations, drops), once per workdir:
+        printed and written to WORKDIR/data_report.json."""
+        path = os.path.join(self.workdir, DATA_REPORT_FILE)
+        if os.path.exists(path):
+            return
+        from align.data import token_report
+        c, kind = self.cfg.data, self.objective.data
+        source = getattr(self.data, kind).get("train")
+        if source is None:
+            return
+        report = token_report.token_report(
+            source, self.data.tokenizer, kind, c.max_len, c.max_prompt_len,
+            list_size=c.list_size if kind == "lists" else None)
+        text = token_report.format_token_report(report)
+        if report["dropped"]:
+            # The pipeline raises on such records: stop now, before any compute, not midway.
+            raise ValueError(f"{report['dropped']} training records cannot become examples; "
+                             f"data (train split) {text}")
+        print("data (train split) " + text, flush=True)
+        os.makedirs(self.workdir, exist_ok=True)
+        atomic.write_text(path, json.dumps(report, indent=1) + "\n")
+
     def _batches(self, split: str, *, train: bool, drop_remainder: bool = True):
         c, kind = self.cfg.data, self.objective.data
         common = dict(

@@ -73,7 +73,21 @@ class Run(NamedTuple):
 
     @property
     def tokenizer_path(self) -> str:
-        return self.cfg.data.tokenizer_path or os.path.join(self.data_dir, "tokenizer.model")
+        return tokenizer_path(self.cfg) or os.path.join(self.data_dir, "tokenizer.model")
+
+
+def pretrained_dir(cfg) -> str:
+    """The Hugging Face checkpoint a config starts from (absolute), or ""."""
+    path = cfg.init.get("pretrained", "")
+    if path and not os.path.isdir(path):
+        raise FileNotFoundError(f"init.pretrained={path!r} is not a directory (a Hugging Face "
+                                "checkpoint: config.json, *.safetensors, a tokenizer)")
+    return os.path.abspath(path) if path else ""
+
+
+def tokenizer_path(cfg) -> str:
+    """data.tokenizer_path, else a pretrained checkpoint's tokenizer, else "" (the run's own)."""
+    return cfg.data.tokenizer_path or pretrained_dir(cfg)
 
 
 def read_run(workdir: str) -> Run | None:

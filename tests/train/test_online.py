@@ -73,7 +73,7 @@ def test_short_online_run_raises_the_gold_reward(name, sft_run, tmp_path):
     assert after > before + 0.05, (before, after)
 
 
-@pytest.mark.parametrize("name", ["nash_md", "ppo"])
+@pytest.mark.parametrize("name", ["nash_md", "ppo", "grpo"])
 def test_one_and_eight_devices_agree(name, sft_run, tmp_path):
     results = []
     for n, mesh in ((1, []), (8, ["--config.mesh.data=4", "--config.mesh.fsdp=2"])):
