@@ -137,7 +137,7 @@ def bench(size: str, *, prompts: int, prompt_len: int, new_tokens: int, epochs: 
         "update": epochs * 3 * fwd * value_trunk * prompts * seq,
     }
     mem, mem_kind = _RUN.peak_memory_bytes()
-    row = {"size": size, "params": n_params, "critic": critic, "prompts": prompts,
+    row = {"size": size, "params": n_params, "critic": critic, "prompts": prompts, "peak": peak,
            "prompt_len": prompt_len, "new_tokens": new_tokens, "epochs": epochs,
            "minibatches": minibatches, "dtype": dtype, "iteration_s": total,
            "peak_memory_gib": mem / 2 ** 30, "memory_kind": mem_kind,
@@ -161,33 +161,40 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--iterations", type=int, default=2, help="timed iterations after the first")
     p.add_argument("--out", default="", help="also write the results as JSON here")
+    p.add_argument("--in_process", action="store_true",
+                   help="measure every size in this process (default: one subprocess per size, "
+                        "so each size's peak memory is its own)")
+    p.add_argument("--json_only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    for s in sizes:
-        if s not in SIZES:
-            p.error(f"unknown size {s!r}; valid: {', '.join(SIZES)}")
-    device = jax.devices()[0]
-    peak = _RUN.matmul_peak(args.dtype)
-    print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-          f"measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s", flush=True)
+    sizes = _RUN.parse_sizes(p, args.sizes)
+    device, peak = _RUN.start(args.dtype, quiet=args.json_only)
+    settings = ("prompts", "prompt_len", "new_tokens", "epochs", "minibatches", "critic",
+                "dtype", "iterations")
     rows = []
     for s in sizes:
-        rows.append(bench(s, prompts=args.prompts, prompt_len=args.prompt_len,
-                          new_tokens=args.new_tokens, epochs=args.epochs,
-                          minibatches=args.minibatches, critic=args.critic, dtype=args.dtype,
-                          iterations=args.iterations, peak=peak))
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print("| size | params | critic | prompts x (prompt + new) | epochs x minibatches | "
-          "iteration (s) | sample (s, MFU) | prepare (s, MFU) | update (s, MFU) | "
-          "iteration MFU | peak memory |")
-    print("|" + "---|" * 11)
-    for r in rows:
-        phase = lambda n: f"{r[n + '_s']:.3f}, {100 * r[n + '_mfu']:.1f}%"
-        print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['critic']} | "
-              f"{r['prompts']}x({r['prompt_len']}+{r['new_tokens']}) | "
-              f"{r['epochs']}x{r['minibatches']} | {r['iteration_s']:.3f} | {phase('sample')} | "
-              f"{phase('prepare')} | {phase('update')} | {100 * r['iteration_mfu']:.1f}% | "
-              f"{r['peak_memory_gib']:.2f} GiB ({r['memory_kind']}) |")
+        if args.in_process or len(sizes) == 1:
+            r = bench(s, peak=peak, **{k: getattr(args, k) for k in settings})
+        else:
+            r = _RUN.in_subprocess(__file__, ["--sizes", s] + [
+                f"--{k}={getattr(args, k)}" for k in settings])
+            for phase in ("sample", "prepare", "update", "iteration"):
+                # Against this process's peak, so every row shares one denominator.
+                r[f"{phase}_mfu"] *= r["peak"] / peak
+        rows.append(r)
+        if args.json_only:
+            print(json.dumps(r), flush=True)
+            return 0
+        print(json.dumps(r), file=sys.stderr, flush=True)
+    phase = lambda r, n: f"{r[n + '_s']:.3f}, {100 * r[n + '_mfu']:.1f}%"
+    print(_RUN.markdown_table(
+        ["size", "params", "critic", "prompts x (prompt + new)", "epochs x minibatches",
+         "iteration (s)", "sample (s, MFU)", "prepare (s, MFU)", "update (s, MFU)",
+         "iteration MFU", "peak memory"],
+        [[r["size"], f"{r['params'] / 1e6:.1f}M", r["critic"],
+          f"{r['prompts']}x({r['prompt_len']}+{r['new_tokens']})",
+          f"{r['epochs']}x{r['minibatches']}", f"{r['iteration_s']:.3f}", phase(r, "sample"),
+          phase(r, "prepare"), phase(r, "update"), f"{100 * r['iteration_mfu']:.1f}%",
+          f"{r['peak_memory_gib']:.2f} GiB ({r['memory_kind']})"] for r in rows]))
     if args.out:
         _RUN.save_results(args.out, device, peak, rows)
     return 0

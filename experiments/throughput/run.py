@@ -73,6 +73,38 @@ def _batch(objective: str, batch: int, seq: int, vocab: int) -> dict[str, np.nda
     return {f"{side}_{k}": v for side in ("chosen", "rejected") for k, v in row().items()}
 
 
+def parse_sizes(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """--sizes as a list of known size names (an unknown one is a usage error)."""
+    sizes = [s.strip() for s in text.split(",") if s.strip()]
+    for s in sizes:
+        if s not in SIZES:
+            parser.error(f"unknown size {s!r}; valid: {', '.join(SIZES)}")
+    return sizes
+
+
+def start(dtype: str, *, quiet: bool = False):
+    """(device, measured matmul peak), with the line that says both."""
+    device = jax.devices()[0]
+    peak = matmul_peak(dtype)
+    if not quiet:
+        print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
+              f"measured {dtype} matmul peak {peak / 1e12:.3f} TFLOP/s", flush=True)
+    return device, peak
+
+
+def in_subprocess(script: str, argv: list[str]) -> dict:
+    """One measurement row from `script --json_only ARGV` run in its own process (so its peak
+    memory is its own)."""
+    cmd = [sys.executable, os.path.abspath(script), "--json_only", *argv]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def markdown_table(header: list[str], lines: list[list[str]]) -> str:
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(rows + ["| " + " | ".join(cells) + " |" for cells in lines])
+
+
 def save_results(path: str, device, peak: float, rows: list[dict]) -> None:
     """The measured rows as JSON, with the device and its measured matmul peak."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -152,15 +184,8 @@ def main(argv=None) -> int:
                         "each size's peak memory is its own)")
     p.add_argument("--json_only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    for s in sizes:
-        if s not in SIZES:
-            p.error(f"unknown size {s!r}; valid: {', '.join(SIZES)}")
-    device = jax.devices()[0]
-    peak = matmul_peak(args.dtype)
-    if not args.json_only:
-        print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-              f"measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s", flush=True)
+    sizes = parse_sizes(p, args.sizes)
+    device, peak = start(args.dtype, quiet=args.json_only)
     rows = []
     for s in sizes:
         if args.in_process or len(sizes) == 1:
@@ -168,29 +193,22 @@ def main(argv=None) -> int:
                       steps=args.steps, chunk_size=args.chunk_size, peak=peak,
                       objective=args.objective)
         else:
-            cmd = [sys.executable, os.path.abspath(__file__), "--sizes", s, "--in_process",
-                   "--json_only"] + [f"--{k}={v}" for k, v in (
-                       ("batch", args.batch), ("seq", args.seq), ("dtype", args.dtype),
-                       ("remat", args.remat), ("steps", args.steps),
-                       ("objective", args.objective),
-                       ("chunk_size", args.chunk_size))]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            r = json.loads(out.strip().splitlines()[-1])
+            r = in_subprocess(__file__, ["--sizes", s, "--in_process"] + [
+                f"--{k}={getattr(args, k)}" for k in (
+                    "batch", "seq", "dtype", "remat", "steps", "objective", "chunk_size")])
             r["mfu"] = r["model_tflops_per_s"] * 1e12 / peak  # against this process's peak
         rows.append(r)
         if args.json_only:
             print(json.dumps(r), flush=True)
             return 0
         print(json.dumps(r), file=sys.stderr, flush=True)
-    header = ("| objective | size | params | batch x seq | step (s) | tokens/s | model TFLOP/s | "
-              "MFU | peak memory |")
-    print(header)
-    print("|" + "---|" * 9)
-    for r in rows:
-        print(f"| {r['objective']} | {r['size']} | {r['params'] / 1e6:.1f}M | "
-              f"{r['batch']}x{r['seq']} | "
-              f"{r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['model_tflops_per_s']:.3f} | "
-              f"{100 * r['mfu']:.1f}% | {r['peak_memory_gib']:.2f} GiB ({r['memory_kind']}) |")
+    print(markdown_table(
+        ["objective", "size", "params", "batch x seq", "step (s)", "tokens/s", "model TFLOP/s",
+         "MFU", "peak memory"],
+        [[r["objective"], r["size"], f"{r['params'] / 1e6:.1f}M", f"{r['batch']}x{r['seq']}",
+          f"{r['step_s']:.3f}", f"{r['tokens_per_s']:,.0f}", f"{r['model_tflops_per_s']:.3f}",
+          f"{100 * r['mfu']:.1f}%", f"{r['peak_memory_gib']:.2f} GiB ({r['memory_kind']})"]
+         for r in rows]))
     if args.out:
         save_results(args.out, device, peak, rows)
     return 0

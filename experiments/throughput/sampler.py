@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -133,19 +131,12 @@ def main(argv=None) -> int:
                         "so each row's peak memory is its own)")
     p.add_argument("--json_only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
-    for s in sizes:
-        if s not in SIZES:
-            p.error(f"unknown size {s!r}; valid: {', '.join(SIZES)}")
+    sizes = _RUN.parse_sizes(p, args.sizes)
     for name in ("batch", "prompt_len", "new_tokens", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     mixtures = {"both": (False, True), "no": (False,), "yes": (True,)}[args.mixture]
-    device = jax.devices()[0]
-    peak = _RUN.matmul_peak(args.dtype)
-    if not args.json_only:
-        print(f"device: {device.device_kind} x{jax.device_count()} ({jax.default_backend()}), "
-              f"measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s", flush=True)
+    device, peak = _RUN.start(args.dtype, quiet=args.json_only)
     rows = []
     for s in sizes:
         for mixture in mixtures:
@@ -154,12 +145,10 @@ def main(argv=None) -> int:
                           new_tokens=args.new_tokens, dtype=args.dtype, repeats=args.repeats,
                           peak=peak)
             else:
-                cmd = [sys.executable, os.path.abspath(__file__), "--sizes", s, "--json_only",
-                       "--mixture", "yes" if mixture else "no"] + [
-                           f"--{k}={getattr(args, k)}"
-                           for k in ("batch", "prompt_len", "new_tokens", "dtype", "repeats")]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                r = json.loads(out.strip().splitlines()[-1])
+                r = _RUN.in_subprocess(__file__, [
+                    "--sizes", s, "--mixture", "yes" if mixture else "no"] + [
+                        f"--{k}={getattr(args, k)}"
+                        for k in ("batch", "prompt_len", "new_tokens", "dtype", "repeats")])
                 # Against this process's peak, so every row shares one denominator.
                 r["decode_mfu"] = r["decode_model_tflops_per_s"] * 1e12 / peak
             rows.append(r)
@@ -167,18 +156,17 @@ def main(argv=None) -> int:
                 print(json.dumps(r), flush=True)
                 return 0
             print(json.dumps(r), file=sys.stderr, flush=True)
-    print("| size | params | sampler | batch x (prompt + new) | compile (s) | call (s) | "
-          "prefill (s) | tokens/s | decode tokens/s | decode model TFLOP/s | decode MFU | "
-          "peak memory |")
-    print("|" + "---|" * 12)
-    for r in rows:
-        print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | "
-              f"{'mixture (2 models)' if r['mixture'] else 'policy'} | "
-              f"{r['batch']}x({r['prompt_len']}+{r['new_tokens']}) | {r['compile_s']:.1f} | "
-              f"{r['total_s']:.3f} | {r['prefill_s']:.3f} | {r['tokens_per_s']:,.0f} | "
-              f"{r['decode_tokens_per_s']:,.0f} | {r['decode_model_tflops_per_s']:.3f} | "
-              f"{100 * r['decode_mfu']:.1f}% | {r['peak_memory_gib']:.2f} GiB "
-              f"({r['memory_kind']}) |")
+    print(_RUN.markdown_table(
+        ["size", "params", "sampler", "batch x (prompt + new)", "compile (s)", "call (s)",
+         "prefill (s)", "tokens/s", "decode tokens/s", "decode model TFLOP/s", "decode MFU",
+         "peak memory"],
+        [[r["size"], f"{r['params'] / 1e6:.1f}M",
+          "mixture (2 models)" if r["mixture"] else "policy",
+          f"{r['batch']}x({r['prompt_len']}+{r['new_tokens']})", f"{r['compile_s']:.1f}",
+          f"{r['total_s']:.3f}", f"{r['prefill_s']:.3f}", f"{r['tokens_per_s']:,.0f}",
+          f"{r['decode_tokens_per_s']:,.0f}", f"{r['decode_model_tflops_per_s']:.3f}",
+          f"{100 * r['decode_mfu']:.1f}%",
+          f"{r['peak_memory_gib']:.2f} GiB ({r['memory_kind']})"] for r in rows]))
     if args.out:
         _RUN.save_results(args.out, device, peak, rows)
     return 0
