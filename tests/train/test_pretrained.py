@@ -54,7 +54,7 @@ def _checkpoint(directory, texts):
     transformers.LlamaForCausalLM(config).save_pretrained(str(directory), safe_serialization=True)
 
 
-def test_sft_then_dpo_from_an_imported_llama_checkpoint(tmp_path):
+def test_sft_then_dpo_from_an_imported_llama_checkpoint(tmp_path, monkeypatch):
     _hh_files(tmp_path / "hh")
     texts = [f"review {w} please it is {v} . no" for w in WORDS for v in WORDS]
     _checkpoint(tmp_path / "ckpt", texts)
@@ -68,12 +68,8 @@ def test_sft_then_dpo_from_an_imported_llama_checkpoint(tmp_path):
             "--config.eval.num_batches=1", "--config.logprobs.chunk_size=16",
             "--config.init.overrides=train.progress=False;train.log_every=1;eval.num_samples=8;"
             "eval.max_new_tokens=8;eval.num_batches=1;logprobs.chunk_size=16"]
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        assert main_lib.main(args) == 0
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(ROOT)  # config paths are relative to the repository
+    assert main_lib.main(args) == 0
     sft = [r for r in metrics_lib.read_metrics(str(workdir / "sft")) if "train/loss" in r]
     dpo = [r for r in metrics_lib.read_metrics(str(workdir)) if "train/loss" in r]
     assert len(sft) == 3 and len(dpo) == 3
@@ -85,13 +81,9 @@ def test_sft_then_dpo_from_an_imported_llama_checkpoint(tmp_path):
     assert (workdir / "report.md").exists()
 
 
-def test_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys, monkeypatch):
     args = ["--config", f"configs/public.py:checkpoint={tmp_path / 'nope'}",
             "--workdir", str(tmp_path / "run")]
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        assert main_lib.main(args) == 2
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(ROOT)
+    assert main_lib.main(args) == 2
     assert f"no config.json at {tmp_path / 'nope'}" in capsys.readouterr().err
