@@ -70,11 +70,11 @@ class Trainer:
         self.rules = mesh_lib.logical_rules(cfg.mesh.rules)
         self.primary = jax.process_index() == 0
         self.objective = objectives.make(cfg.objective, chunk_size=cfg.logprobs.chunk_size)
-        self.parent = runs.require_finished(cfg.init.workdir, workdir) if cfg.init.workdir else None
-        self.pretrained = runs.pretrained_dir(cfg)
-        if self.pretrained and self.parent is not None:
+        if cfg.init.workdir and cfg.init.pretrained:
             raise ValueError("set init.workdir (start from a run) or init.pretrained (start from "
                              "a Hugging Face checkpoint), not both")
+        self.parent = runs.require_finished(cfg.init.workdir, workdir) if cfg.init.workdir else None
+        self.pretrained = runs.pretrained_dir(cfg)
 
         self.is_policy = self.objective.model in ("lm", "lm_value")
         kinds = {self.objective.data, "sft"} | ({"prompts"} if self.is_policy else set())

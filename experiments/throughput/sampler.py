@@ -15,9 +15,8 @@ Dimension letters: B batch, P prompt tokens.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import pathlib
+import os
 import sys
 import time
 
@@ -30,16 +29,9 @@ from align import sampling
 from align.models import transformer
 
 
-def _train_bench():
-    """experiments/throughput/run.py as a module (the sizes, the matmul peak, peak memory)."""
-    path = pathlib.Path(__file__).with_name("run.py")
-    spec = importlib.util.spec_from_file_location("throughput_run", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_RUN = _train_bench()
+# run.py beside this script: the sizes, the matmul peak, peak memory, shared table helpers.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as _RUN  # noqa: E402
 SIZES = _RUN.SIZES
 # Never drawn (ids are >= 0), so every row decodes all --new_tokens tokens.
 NEVER_EOS = -1

@@ -87,3 +87,13 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main_lib.main(args) == 2
     assert f"no config.json at {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+def test_a_run_and_a_checkpoint_cannot_both_be_the_start(tmp_path):
+    from align import config as config_lib
+    from align.train import loop
+    cfg = config_lib.resolve(os.path.join(ROOT, "configs/sft.py:size=tiny,steps=1"), [
+        "--config.init.workdir=elsewhere", f"--config.init.pretrained={tmp_path}"])
+    with pytest.raises(ValueError, match="not both"):
+        loop.Trainer(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing written
