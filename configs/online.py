@@ -2,7 +2,8 @@
 
 python -m align.main --config configs/online.py:objective=nash_md --workdir runs/nash
 Preference-scored (two completions per prompt, P(a ≻ b) from online.scorer: the world's
-labeler by default, or a trained preference / reward model): online_dpo, online_ipo, ipo_md,
+labeler by default, or a trained preference / reward model): online_dpo, online_ipo, online_slic,
+ipo_md,
 nash_md. Reward-scored (online.scorer: the world's gold reward by default, or a trained reward
 model): ppo (one completion per prompt, a value head, several epochs of minibatches per
 rollout), rloo and grpo (objective.samples completions per prompt).
@@ -11,7 +12,7 @@ rollout), rloo and grpo (objective.samples completions per prompt).
 from align import config as config_lib
 from configs import common
 
-PREFERENCE = ("online_dpo", "online_ipo", "ipo_md", "nash_md")
+PREFERENCE = ("online_dpo", "online_ipo", "online_slic", "ipo_md", "nash_md")
 REWARD = ("ppo", "rloo", "grpo")
 NAMES = PREFERENCE + REWARD
 

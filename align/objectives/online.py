@@ -1,4 +1,4 @@
-"""Online preference objectives: online DPO, online IPO, IPO-MD(β) and Nash-MD-PG.
+"""Online preference objectives: online DPO, online IPO, online SLiC, IPO-MD(β) and Nash-MD-PG.
 
 Dimension letters: M pairs of completions, L tokens (prompt + completion).
 
@@ -98,6 +98,14 @@ def make_online_ipo(cfg, *, chunk_size: int = 0) -> base.Objective:
                             soft=cfg.labels == "soft", scale=tau, mixture=(0.0, 0.0))
 
 
+def make_online_slic(cfg, *, chunk_size: int = 0) -> base.Objective:
+    """Online SLiC (the normalised hinge max(0, 1 − βz) of arXiv 2309.06657) on two policy samples."""
+    beta = float(cfg.beta)
+    return _pairs_objective("online_slic", chunk_size=chunk_size,
+                            loss_fn=functools.partial(pairwise.slic_norm_loss, beta=beta),
+                            soft=cfg.labels == "soft", scale=beta, mixture=(0.0, 0.0))
+
+
 def make_ipo_md(cfg, *, chunk_size: int = 0) -> base.Objective:
     """IPO-MD(β) (arXiv 2403.08635): online IPO with both samples from the β-mixture."""
     tau, beta = float(cfg.tau), float(cfg.mixture_beta)
@@ -160,6 +168,8 @@ config_lib.register_objective_schema("online_dpo", {"beta": 0.1, "labels": "hard
                                      choices={"labels": LABELS})
 config_lib.register_objective_schema("online_ipo", {"tau": 0.1, "labels": "soft"},
                                      choices={"labels": LABELS})
+config_lib.register_objective_schema("online_slic", {"beta": 0.1, "labels": "hard"},
+                                     choices={"labels": LABELS})
 config_lib.register_objective_schema("ipo_md", {"tau": 0.1, "mixture_beta": 0.125,
                                                 "labels": "soft"}, choices={"labels": LABELS})
 config_lib.register_objective_schema("nash_md", {"tau": 0.1, "mixture_beta": 0.125,
@@ -167,4 +177,5 @@ config_lib.register_objective_schema("nash_md", {"tau": 0.1, "mixture_beta": 0.1
                                      choices={"variant": NASH_VARIANTS})
 
 OBJECTIVES = {"online_dpo": make_online_dpo, "online_ipo": make_online_ipo,
+              "online_slic": make_online_slic,
               "ipo_md": make_ipo_md, "nash_md": make_nash_md}
