@@ -76,8 +76,8 @@ def test_short_online_run_raises_the_gold_reward(name, sft_run, tmp_path):
 # Every online objective on 1 and on 8 devices; two steps where state carries over matters
 # most (the mixture sampler, PPO's value and KL state, groups of samples).
 @pytest.mark.parametrize("name,steps", [("nash_md", 2), ("ppo", 2), ("grpo", 2),
-                                        ("online_dpo", 1), ("online_ipo", 1), ("online_slic", 1), ("ipo_md", 1),
-                                        ("rloo", 1)])
+                                        ("online_dpo", 1), ("online_ipo", 1), ("online_slic", 1),
+                                        ("ipo_md", 1), ("rloo", 1)])
 def test_one_and_eight_devices_agree(name, steps, sft_run, tmp_path):
     results = []
     for n, mesh in ((1, []), (8, ["--config.mesh.data=4", "--config.mesh.fsdp=2"])):
