@@ -106,9 +106,10 @@ def default_config() -> ConfigDict:
     c.objective = ConfigDict(dict(name="sft"))
     c.init = ConfigDict(dict(
         # Start from another run's final parameters (the policy, and the reference):
-        # workdir = that run's workdir; "" = random initialisation. A relative path is taken
-        # inside this run's workdir. If `config` is set and that run has not finished, it is
-        # run first (so one command can chain SFT -> preference training).
+        # workdir = that run's workdir; "" = random initialisation. Relative to the current
+        # directory; "{workdir}/sft" is inside this run's workdir. If `config` is set and that
+        # run has not finished, it is run first (so one command can chain SFT -> preference
+        # training).
         workdir="", config="", overrides="",  # overrides: "a.b=v;c=w" for the config above
         # Or start from a Hugging Face checkpoint directory (config.json, *.safetensors and a
         # tokenizer.json or tokenizer.model): its architecture replaces the model section
@@ -559,6 +560,39 @@ def resolve(spec: str, overrides: Sequence[str] = ()) -> ConfigDict:
         if e.override is not None:
             raise
         raise ConfigError(f"config file {spec.partition(':')[0]!r}: {e}", key=e.key) from None
+
+
+# ----------------------------------------------------------------------------- paths
+
+# Every key that holds a file or directory. They are made absolute once, where a run starts
+# (`absolute_paths`): relative to the current directory, as the user typed them, except that a
+# leading "{workdir}" stands for the run's own workdir (configs chain runs with "{workdir}/sft").
+PATH_KEYS = ("data.data_dir", "data.tokenizer_path", "data.manual_dir", "init.workdir",
+             "init.pretrained", "online.scorer_workdir")
+WORKDIR_TOKEN = "{workdir}"
+
+
+def absolute_path(path: str, workdir: str) -> str:
+    """`path` made absolute: "~" expanded, "{workdir}" replaced, else against the current dir."""
+    if not path:
+        return ""
+    if path == WORKDIR_TOKEN or path.startswith(WORKDIR_TOKEN + "/"):
+        path = os.path.join(os.path.abspath(workdir), path[len(WORKDIR_TOKEN):].lstrip("/"))
+    elif WORKDIR_TOKEN in path:
+        raise ConfigError(f"{WORKDIR_TOKEN} may only start a path, got {path!r}")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_paths(cfg: ConfigDict, workdir: str) -> ConfigDict:
+    """A copy of a validated config with every `PATH_KEYS` value absolute (see `absolute_path`)."""
+    values = config_to_dict(cfg)
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        try:
+            values[section][name] = absolute_path(values[section][name], workdir)
+        except ConfigError as e:
+            raise ConfigError(f"config key '{key}': {e}", key=key) from None
+    return validate(values)
 
 
 # ----------------------------------------------------------------------------- writing

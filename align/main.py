@@ -1,4 +1,9 @@
-"""Command line: python -m align.main --config configs/X.py[:args] --workdir DIR [--config.a.b=v ...]."""
+"""Command line: `align train --config configs/X.py[:args] --workdir DIR [--config.a.b=v ...]`.
+
+`python -m align.main --config ... --workdir ...` is the same as `align train ...`;
+`align best-of-n ...` runs `align.evaluate.best_of_n`. Relative paths (the workdir and every
+path in the config) are taken from the current directory; see `config.absolute_path`.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +14,19 @@ import sys
 
 import numpy as np
 
+from align import atomic
 
-def parse_args(argv):
+REPORT_FILE = "report.md"
+
+
+def parse_args(argv, prog: str = "python -m align.main"):
     parser = argparse.ArgumentParser(
-        prog="python -m align.main",
+        prog=prog,
         description="Train as a config describes; rerun the same command to resume.")
     parser.add_argument("--config", required=True,
                         help="config file, optionally with structural arguments: configs/x.py:k=v")
     parser.add_argument("--workdir", required=True, help="where checkpoints, metrics and the "
-                        "resolved config are written")
+                        "resolved config are written (relative to the current directory)")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -71,19 +80,30 @@ def report(cfg, trainer, result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finished_report(cfg, workdir: str) -> str | None:
+    """The report of a run in `workdir` that has reached cfg.train.steps, or None."""
+    from align.train import runs
+    run = runs.read_run(workdir)
+    path = os.path.join(workdir, REPORT_FILE)
+    if run is None or run.latest_step is None or run.latest_step < cfg.train.steps:
+        return None
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read()
+
+
 def run(cfg, workdir: str) -> str:
-    """Trains one config in `workdir` (after the run it starts from, if that is unfinished)."""
+    """Trains one config in `workdir` (after the run it starts from, if that is unfinished).
+
+    A run that has already finished is not touched: its report is returned as it is.
+    """
     from align import config as config_lib
+    from align import objectives
     from align.train import loop, runs
-    if cfg.init.workdir and cfg.init.config:
-        parent_dir = runs.resolve_workdir(cfg.init.workdir, workdir)
-        parent = runs.read_run(parent_dir)
-        if parent is None or not parent.finished:
-            overrides = [f"--config.{o.strip()}" for o in cfg.init.overrides.split(";")
-                         if o.strip()]
-            print(f"== first: {cfg.init.config} in {parent_dir}", flush=True)
-            parent_text = run(config_lib.resolve(cfg.init.config, overrides), parent_dir)
-            print(parent_text, flush=True)
+    workdir = os.path.abspath(workdir)
+    cfg = config_lib.absolute_paths(cfg, workdir)
+    loop.check_lengths(cfg, objectives.make(cfg.objective))
     previous = os.path.join(workdir, "config.json")
     if os.path.exists(previous):
         # Resuming is only meaningful for the same kind of run: another objective's checkpoints
@@ -92,6 +112,20 @@ def run(cfg, workdir: str) -> str:
         if old.objective.name != cfg.objective.name:
             raise ValueError(f"{workdir} holds a {old.objective.name!r} run; "
                              f"train {cfg.objective.name!r} in another workdir")
+    text = finished_report(cfg, workdir)
+    if text is not None:
+        print(f"== {cfg.objective.name} in {workdir}: finished ({cfg.train.steps} steps); "
+              f"nothing to do. Report: {os.path.join(workdir, REPORT_FILE)}", flush=True)
+        return text
+    if cfg.init.workdir and cfg.init.config:
+        parent_dir = cfg.init.workdir
+        parent = runs.read_run(parent_dir)
+        if parent is None or not parent.finished:
+            overrides = [f"--config.{o.strip()}" for o in cfg.init.overrides.split(";")
+                         if o.strip()]
+            print(f"== first: {cfg.init.config} in {parent_dir}", flush=True)
+            parent_text = run(config_lib.resolve(cfg.init.config, overrides), parent_dir)
+            print(parent_text, flush=True)
     os.makedirs(workdir, exist_ok=True)
     config_lib.write_config(cfg, workdir)
     print(f"== {cfg.objective.name} in {workdir}\n{config_lib.describe(cfg)}", flush=True)
@@ -100,15 +134,14 @@ def run(cfg, workdir: str) -> str:
         result = trainer.train()
         text = report(cfg, trainer, result)
         if trainer.primary:
-            with open(os.path.join(workdir, "report.md"), "w") as f:
-                f.write(text)
+            atomic.write_text(os.path.join(workdir, REPORT_FILE), text)
         return text
     finally:
         trainer.close()
 
 
-def main(argv=None) -> int:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv=None, prog: str = "python -m align.main") -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv, prog)
     from align import config as config_lib
     try:
         cfg = config_lib.resolve(args.config, overrides)
@@ -127,6 +160,9 @@ def main(argv=None) -> int:
     except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except config_lib.ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     except user_errors as e:
         if os.environ.get("ALIGN_TRACEBACK"):
             raise
@@ -134,6 +170,27 @@ def main(argv=None) -> int:
         return 2
     print(text, flush=True)
     return 0
+
+
+COMMANDS = {"train": "train a config (rerun the same command to resume)",
+            "best-of-n": "best-of-n rewards and KL of a finished policy run"}
+
+
+def cli(argv=None) -> int:
+    """The `align` console script: `align COMMAND ...`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+        print("usage: align COMMAND [options]\n\ncommands:\n" + "\n".join(lines) +
+              "\n\n`align COMMAND --help` describes each.",
+              file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"align: unknown command {argv[0]!r}", file=sys.stderr)
+        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
+    if argv[0] == "train":
+        return main(argv[1:], prog="align train")
+    from align.evaluate import best_of_n
+    return best_of_n.main(argv[1:], prog="align best-of-n")
 
 
 if __name__ == "__main__":

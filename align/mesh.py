@@ -64,12 +64,18 @@ def mesh_shape(mesh_cfg: Mapping[str, Any], num_devices: int) -> tuple[int, int,
             f"mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(f"mesh: {num_devices} devices cannot be split with fixed axes {known}")
+            raise ValueError(
+                f"mesh: {num_devices} devices cannot be split with fixed axes of {known} devices; "
+                f"on a CPU, simulate a multiple of {known} with the environment variable "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count=N (set before JAX starts)")
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
         raise ValueError(
             f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-            f"but {num_devices} are available")
+            f"but {num_devices} are available. On a CPU, simulate "
+            f"{int(np.prod(sizes))} devices with the environment variable "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={int(np.prod(sizes))} (set "
+            "before JAX starts), or set the mesh.* sizes to fit the devices (-1 takes the rest)")
     return tuple(sizes)
 
 

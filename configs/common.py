@@ -55,7 +55,8 @@ def schedule(cfg, *, steps: int, lr: float, warmup: int | None = None):
 
 
 def start_from(cfg, workdir: str, config: str = "", overrides: str = ""):
-    """Start from the run in `workdir` (relative to this run's), running `config` there first."""
+    """Start from the run in `workdir` ("{workdir}/x" is inside this run's), running `config`
+    there first if that run has not finished."""
     cfg.init.update(workdir=workdir, config=config, overrides=overrides)
     return cfg
 

@@ -1,6 +1,6 @@
 """Online training from a finished SFT run: every online objective on the synthetic world.
 
-python -m align.main --config configs/online.py:objective=nash_md --workdir runs/nash
+align train --config configs/online.py:objective=nash_md --workdir runs/nash
 Preference-scored (two completions per prompt, P(a ≻ b) from online.scorer: the world's
 labeler by default, or a trained preference / reward model): online_dpo, online_ipo, online_slic,
 ipo_md,
@@ -28,7 +28,8 @@ def get_config(arg=None):
     common.reviews_data(cfg, batch_size=32)
     common.objective(cfg, name)
     common.schedule(cfg, steps=args["steps"], lr=2e-4, warmup=10)
-    common.start_from(cfg, "sft", f"configs/sft.py:size={args['size']},steps={args['sft_steps']}")
+    common.start_from(cfg, "{workdir}/sft",
+                      f"configs/sft.py:size={args['size']},steps={args['sft_steps']}")
     cfg.online.update(max_new_tokens=48, temperature=1.0)
     cfg.eval.update(num_samples=256, max_new_tokens=48, temperature=1.0)
     if name == "ppo":

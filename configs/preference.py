@@ -1,6 +1,6 @@
 """Preference training (any pairwise or listwise objective) from a finished SFT run.
 
-python -m align.main --config configs/preference.py:objective=ipo --workdir runs/ipo
+align train --config configs/preference.py:objective=ipo --workdir runs/ipo
 The SFT run lives in WORKDIR/sft and is trained first if it has not finished (or point
 --config.init.workdir at another run). Listwise objectives read K-lists of data.list_size.
 """
@@ -28,7 +28,8 @@ def get_config(arg=None):
     common.reviews_data(cfg, num_train=8192, list_size=4)
     common.objective(cfg, args["objective"], **TUNED.get(args["objective"], {}))
     common.schedule(cfg, steps=args["steps"], lr=2e-4, warmup=20)
-    common.start_from(cfg, "sft", f"configs/sft.py:size={args['size']},steps={args['sft_steps']}")
+    common.start_from(cfg, "{workdir}/sft",
+                      f"configs/sft.py:size={args['size']},steps={args['sft_steps']}")
     cfg.eval.update(num_samples=256, max_new_tokens=48, temperature=1.0)
     return cfg
 

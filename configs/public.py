@@ -1,6 +1,6 @@
 """Preference training on a public dataset from a pretrained Hugging Face checkpoint.
 
-    python -m align.main --workdir runs/hh \
+    align train --workdir runs/hh \
         --config configs/public.py:dataset=hh_rlhf,checkpoint=/ckpt/Llama-3.2-1B,manual_dir=/data/hh-rlhf
 
 dataset=hh_rlhf (DPO, after SFT on the preferred replies), tldr (DPO, after SFT on the
@@ -63,5 +63,5 @@ def get_config(arg=None):
         cfg.init.pretrained = ""
         passthrough = ",".join(f"{k}={v}" for k, v in args.items()
                                if k not in ("stage", "objective", "steps"))
-        common.start_from(cfg, "sft", f"configs/public.py:{passthrough},stage=sft")
+        common.start_from(cfg, "{workdir}/sft", f"configs/public.py:{passthrough},stage=sft")
     return cfg

@@ -1,6 +1,6 @@
 """The main job: SFT a small policy on the synthetic review world, then DPO it, in minutes on a CPU.
 
-python -m align.main --config configs/quickstart.py --workdir runs/quickstart
+align train --config configs/quickstart.py --workdir runs/quickstart
 SFT runs in WORKDIR/sft first (skipped once finished), then DPO in WORKDIR.
 Variants: configs/quickstart.py:size=tiny,steps=50,sft_steps=100; stage=sft (only SFT);
 objective=ppo or objective=nash_md (or online_dpo, online_ipo, ipo_md, rloo, grpo: online

@@ -1,8 +1,8 @@
 """A Bradley–Terry reward model (or, with :objective=preference_model, a pairwise preference
 model) on the synthetic world's labelled pairs, starting from a finished SFT run.
 
-python -m align.main --config configs/reward_model.py --workdir runs/rm
-python -m align.main --config configs/reward_model.py:objective=preference_model --workdir runs/pm
+align train --config configs/reward_model.py --workdir runs/rm
+align train --config configs/reward_model.py:objective=preference_model --workdir runs/pm
 Labeler settings (noise temperature, spoiler biases, intransitivity) are in the `task` section.
 """
 
@@ -22,6 +22,7 @@ def get_config(arg=None):
     common.reviews_data(cfg, num_train=8192)
     common.objective(cfg, args["objective"])
     common.schedule(cfg, steps=args["steps"], lr=3e-4, warmup=20)
-    common.start_from(cfg, "sft", f"configs/sft.py:size={args['size']},steps={args['sft_steps']}")
+    common.start_from(cfg, "{workdir}/sft",
+                      f"configs/sft.py:size={args['size']},steps={args['sft_steps']}")
     cfg.eval.num_batches = 8
     return cfg

@@ -1,6 +1,6 @@
 """SFT of a policy on the synthetic review world.
 
-python -m align.main --config configs/sft.py:size=small,steps=600 --workdir runs/sft
+align train --config configs/sft.py:size=small,steps=600 --workdir runs/sft
 """
 
 from align import config as config_lib

@@ -14,8 +14,10 @@ RULES = mesh_lib.logical_rules({"embed": "fsdp", "mlp": "tensor", "heads": "tens
 def test_mesh_shape_fills_the_free_axis_and_rejects_bad_shapes():
     assert mesh_lib.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
     assert mesh_lib.mesh_shape({"data": 8, "fsdp": 1, "tensor": 1}, 8) == (8, 1, 1)
-    with pytest.raises(ValueError, match="needs 16 devices"):
+    with pytest.raises(ValueError, match="needs 16 devices") as e:
         mesh_lib.mesh_shape({"data": 4, "fsdp": 4, "tensor": 1}, 8)
+    # The message says how to get the devices on a CPU.
+    assert "XLA_FLAGS=--xla_force_host_platform_device_count=16" in str(e.value)
     with pytest.raises(ValueError, match="at most one axis"):
         mesh_lib.mesh_shape({"data": -1, "fsdp": -1, "tensor": 1}, 8)
     with pytest.raises(ValueError, match="cannot be split"):

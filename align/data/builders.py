@@ -101,6 +101,14 @@ class _ReviewsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # for them through `importlib_resources`, which Python >= 3.11 does not install.
     code_path = None
 
+    # TFDS announces "Downloading and preparing dataset ..." before every build; these builders
+    # download nothing, so they say what they do instead.
+    def _log_download_bytes(self) -> None:
+        print(f"building the review world's {self.name} dataset in {self.data_dir}", flush=True)
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _features(self) -> dict:
         raise NotImplementedError
 

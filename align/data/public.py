@@ -149,6 +149,18 @@ class _PublicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _module(self):
         return FORMATS[self.SOURCE]
 
+    # From files already on disk nothing is downloaded: say so instead of TFDS's banner.
+    def _log_download_bytes(self) -> None:
+        if not self._manual or not self._files:
+            super()._log_download_bytes()
+            return
+        print(f"building {self.SOURCE} ({self.builder_config.kind}) from "
+              f"{os.path.commonpath(list(self._files.values()))} in {self.data_dir}", flush=True)
+
+    def _log_download_done(self) -> None:
+        if not self._manual:
+            super()._log_download_done()
+
     def _info(self) -> tfds.core.DatasetInfo:
         # Shuffling off: records keep file order, so runs can name examples by index.
         return tfds.core.DatasetInfo(

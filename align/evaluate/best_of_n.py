@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -95,6 +96,7 @@ def sample_and_score(workdir: str, *, samples: int, num_prompts: int, scorer: st
     from align.train import runs
     from align.train import state as state_lib
 
+    workdir = os.path.abspath(workdir)
     run = runs.read_run(workdir)
     if run is None or run.latest_step is None:
         raise FileNotFoundError(f"{workdir} holds no run with a checkpoint")
@@ -139,8 +141,8 @@ def sample_and_score(workdir: str, *, samples: int, num_prompts: int, scorer: st
             [str(t) for t in prompts["prompt_text"]], np.asarray(texts, object).reshape(shape))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m align.evaluate.best_of_n",
+def main(argv=None, prog: str = "python -m align.evaluate.best_of_n") -> int:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a finished policy run")
     parser.add_argument("--n", default="1,2,4,8,16", help="comma-separated n values")

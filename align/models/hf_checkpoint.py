@@ -287,6 +287,7 @@ def export_hf(params, cfg: transformer.TransformerConfig, family: str, out_dir: 
     if writer:
         os.makedirs(out_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".tmp.", suffix=".safetensors")
+        os.fchmod(fd, 0o666 & ~atomic.current_umask())
     try:
         with (os.fdopen(fd, "wb") if writer else open(os.devnull, "wb")) as f:
             f.write(_safetensors_header(plan, st_dtype, out_dtype.itemsize))

@@ -132,7 +132,8 @@ class Checkpointer:
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"Checkpointer: keep must be an int >= 1, got {keep!r}")
         _quiet_orbax()
-        self.directory = epath.Path(directory)
+        # Orbax refuses relative paths (0.12.8 and later), so the directory is made absolute here.
+        self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
         self.keep = keep
         # Only the primary process reports fallbacks, so a pod prints each message once.
         self._primary = jax.process_index() == 0 if primary is None else bool(primary)

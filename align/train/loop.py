@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from align import atomic
+from align import config as config_lib
 from align import mesh as mesh_lib
 from align import objectives
 from align.data import pipeline, sources
@@ -50,6 +51,38 @@ def model_config(cfg, vocab_size: int) -> transformer.TransformerConfig:
     return transformer.transformer_config(model)
 
 
+def check_lengths(cfg, objective) -> None:
+    """Refuses sequence lengths that would cut examples or samples, naming the keys."""
+    c, model_len = cfg.data, cfg.model.max_len
+    pretrained = bool(cfg.init.workdir or cfg.init.pretrained)
+    problems = []
+    if c.max_prompt_len >= c.max_len:
+        problems.append(f"data.max_prompt_len={c.max_prompt_len} leaves no room for a completion "
+                        f"in data.max_len={c.max_len}")
+    if c.max_len > model_len and not pretrained:
+        problems.append(f"data.max_len={c.max_len} exceeds model.max_len={model_len}, the "
+                        "positions the model has")
+    is_policy = objective.model in ("lm", "lm_value")
+    if is_policy and cfg.eval.num_samples and c.max_prompt_len + cfg.eval.max_new_tokens > model_len:
+        problems.append(f"data.max_prompt_len + eval.max_new_tokens = {c.max_prompt_len} + "
+                        f"{cfg.eval.max_new_tokens} exceeds model.max_len={model_len}")
+    if objective.online:
+        rollout = c.max_prompt_len + cfg.online.max_new_tokens
+        for key, limit in (("data.max_len", c.max_len), ("model.max_len", model_len)):
+            if rollout > limit:
+                problems.append(f"data.max_prompt_len + online.max_new_tokens = "
+                                f"{c.max_prompt_len} + {cfg.online.max_new_tokens} exceeds "
+                                f"{key}={limit}: rollouts would not fit")
+        if cfg.online.scorer != "gold" and cfg.online.scorer_workdir:
+            scorer = runs.read_run(runs.resolve_workdir(cfg.online.scorer_workdir, "."))
+            if scorer is not None and scorer.cfg.data.max_len < rollout:
+                problems.append(f"the scorer in online.scorer_workdir was trained on "
+                                f"data.max_len={scorer.cfg.data.max_len} tokens but rollouts have "
+                                f"up to {rollout} (data.max_prompt_len + online.max_new_tokens)")
+    if problems:
+        raise config_lib.ConfigError("inconsistent sequence lengths: " + "; ".join(problems))
+
+
 def _per_process(global_batch: int, divisor: int, what: str) -> int:
     if global_batch % divisor:
         raise ValueError(f"{what}={global_batch} must be a multiple of {divisor} "
@@ -64,12 +97,15 @@ class Trainer:
     """Everything one run needs, built from a validated config."""
 
     def __init__(self, cfg, workdir: str, *, devices=None):
+        workdir = os.path.abspath(workdir)
+        cfg = config_lib.absolute_paths(cfg, workdir)
         self.cfg, self.workdir = cfg, workdir
+        self.objective = objectives.make(cfg.objective, chunk_size=cfg.logprobs.chunk_size)
+        check_lengths(cfg, self.objective)
         mesh_lib.initialize_distributed(cfg.distributed)
         self.mesh = mesh_lib.make_mesh(cfg.mesh, devices)
         self.rules = mesh_lib.logical_rules(cfg.mesh.rules)
         self.primary = jax.process_index() == 0
-        self.objective = objectives.make(cfg.objective, chunk_size=cfg.logprobs.chunk_size)
         if cfg.init.workdir and cfg.init.pretrained:
             raise ValueError("set init.workdir (start from a run) or init.pretrained (start from "
                              "a Hugging Face checkpoint), not both")
@@ -388,12 +424,19 @@ class Trainer:
             self.parent_params, self.parent_kind, self.objective.model, fresh))
 
     def restore_or_init(self, train_iter):
+        """The newest checkpoint's state and step, or a fresh state at step 0.
+
+        Metric lines that the restored state does not account for are dropped, so that
+        metrics.jsonl never holds a step twice: everything after the checkpoint (all of it when
+        there is none), and at the last step the final evaluation, written after its save.
+        """
         restored = self.checkpointer.restore(self.abstract)
         if restored is None:
+            self.writer.truncate_after(-1)
             return self.initial_state(), 0
         state, extra, step = restored
         train_iter.set_state(extra["data"])
-        self.writer.truncate_after(step)
+        self.writer.truncate_after(step, train_only_at_step=step >= self.cfg.train.steps)
         return state, step
 
     def save(self, state, step: int, train_iter) -> None:
@@ -405,30 +448,35 @@ class Trainer:
         total = cfg.train.steps
         train_iter = self.train_iterator()
         state, step = self.restore_or_init(train_iter)
+        progress = metrics_lib.Progress(total, step, enabled=cfg.train.progress and self.primary,
+                                        log_every=cfg.train.log_every)
         if step:
             print(f"resumed from the checkpoint of step {step}", flush=True)
         elif self.cfg.train.eval_every:
-            self.evaluate(state, 0)
-        progress = metrics_lib.Progress(total, step, enabled=cfg.train.progress and self.primary)
+            progress.write(self.eval_summary(0, self.evaluate(state, 0)))
         # Throughput counts step time only (data, compute, the metrics fetch), not evaluation
-        # or checkpoint writes.
-        busy, tokens = 0.0, 0.0
+        # or checkpoint writes, and not the first step of a process, which compiles.
+        busy, tokens, compiled = 0.0, 0.0, False
         try:
             while step < total:
                 start = time.perf_counter()
                 state, metrics, n_tokens = self._advance(state, next(train_iter), step)
-                busy += time.perf_counter() - start
-                tokens += n_tokens
+                if compiled:
+                    busy += time.perf_counter() - start
+                    tokens += n_tokens
+                compiled = True
                 step += 1
-                tps = tokens / max(busy, 1e-9)
-                progress.update(step, loss=float(metrics["loss"]), tokens_per_s=tps)
+                tps = tokens / busy if busy > 0 else float("nan")
+                progress.update(step, loss=float(metrics["loss"]), tokens_per_s=tps,
+                                lr=float(metrics["lr"]))
                 if step % cfg.train.log_every == 0 or step == total:
                     metrics = {k: float(v) for k, v in metrics.items()}
-                    metrics["tokens_per_s"] = tps
+                    if busy > 0:
+                        metrics["tokens_per_s"] = tps
                     self.writer.write(step, metrics, prefix="train")
                     busy, tokens = 0.0, 0.0
                 if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
-                    self.evaluate(state, step)
+                    progress.write(self.eval_summary(step, self.evaluate(state, step)))
                 if step % cfg.train.checkpoint_every == 0 or step == total:
                     self.save(state, step, train_iter)
         finally:
@@ -437,6 +485,16 @@ class Trainer:
         if self.objective.model == "scalar":
             result["reward_offset"] = self.save_reward_offset(state)
         return result
+
+    def eval_summary(self, step: int, metrics: dict[str, float]) -> str:
+        """One line of held-out metrics and the first evaluation sample, for the log."""
+        names = ("loss", "accuracy", "gold_agreement", "sample_gold_reward", "win_rate", "kl")
+        parts = [f"{n} {metrics[n]:.4g}" for n in names if n in metrics]
+        line = f"eval step {step}: " + ("  ".join(parts) if parts else "(no metrics)")
+        samples = self.last_samples
+        if samples.get("completions"):
+            line += f"\n  sample: {samples['prompts'][0]} -> {samples['completions'][0]}"
+        return line
 
     def _advance(self, state, batch, step: int):
         """One training step: (state, metrics, tokens processed by all processes)."""

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any, Mapping, TextIO
 
 import numpy as np
@@ -75,13 +76,24 @@ def read_metrics(workdir: str) -> list[dict]:
             for r in _read_records(path)]
 
 
-def truncate_after(workdir: str, step: int) -> int:
-    """Drops metric lines with step > `step` (atomic rewrite); returns how many were dropped."""
+def truncate_after(workdir: str, step: int, *, train_only_at_step: bool = False) -> int:
+    """Drops metric lines with step > `step` (atomic rewrite); returns how many were dropped.
+
+    train_only_at_step: also drop the lines at `step` itself that hold no train/ metric (an
+    evaluation written after that step's checkpoint, to be written again).
+    """
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return 0
     records = _read_records(path)
-    kept = [r for r in records if r.get("step", -1) <= step]
+
+    def keep(record):
+        at = record.get("step", -1)
+        if at == step and train_only_at_step:
+            return any(k.startswith("train/") for k in record)
+        return at <= step
+
+    kept = [r for r in records if keep(r)]
     with open(path) as f:
         clean = f.read().endswith("\n") or os.path.getsize(path) == 0
     if len(kept) == len(records) and clean:
@@ -106,15 +118,15 @@ class MetricWriter:
         if resume_step is not None:
             self.truncate_after(resume_step)
 
-    def truncate_after(self, step: int) -> int:
+    def truncate_after(self, step: int, *, train_only_at_step: bool = False) -> int:
         """At resume: drops jsonl lines after `step` and hides later TensorBoard events."""
         if not self.is_primary:
             return 0
         # Both files are reopened on the next write: the jsonl file is replaced under us, and
         # TensorBoard is told, through purge_step, to hide earlier events at steps > `step`.
         self.close()
-        self._purge_step = int(step) + 1
-        return truncate_after(self.workdir, step)
+        self._purge_step = max(int(step) + 1, 0)
+        return truncate_after(self.workdir, step, train_only_at_step=train_only_at_step)
 
     def _tb_writer(self) -> tensorboardX.SummaryWriter:
         if self._tb is None:
@@ -179,32 +191,70 @@ def _short(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
 class Progress:
-    """A tqdm bar with step, loss and tokens/s; silent unless enabled and the stream is a TTY."""
+    """Progress of a run: a tqdm bar on a TTY; otherwise (pipes, nohup, a scheduler's log) a
+    plain line every `log_every` steps with step, loss, lr, tokens/s and ETA.
+
+    The ETA starts counting at the first update, so it leaves out the compilation of the first
+    step; `write` prints a line (evaluation results) without breaking the bar.
+    """
 
     def __init__(self, total: int, initial: int = 0, *, enabled: bool = True,
-                 file: TextIO | None = None):
-        stream = sys.stderr if file is None else file
-        is_tty = bool(getattr(stream, "isatty", lambda: False)())
+                 file: TextIO | None = None, log_every: int = 10):
+        self._stream = sys.stderr if file is None else file
+        is_tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._total, self._log_every = int(total), max(int(log_every), 1)
         self._bar = None
+        self._lines = enabled and not is_tty
+        self._start: tuple[float, int] | None = None
         if enabled and is_tty:
-            self._bar = tqdm.tqdm(total=total, initial=initial, file=stream, unit="step",
+            self._bar = tqdm.tqdm(total=total, initial=initial, file=self._stream, unit="step",
                                   dynamic_ncols=True, smoothing=0.1)
 
     @property
     def enabled(self) -> bool:
+        """Whether a bar is shown (plain lines are shown instead when the stream is no TTY)."""
         return self._bar is not None
 
+    def eta(self, step: int) -> float:
+        """Seconds left, from the pace since the first update (nan before two updates)."""
+        now = time.perf_counter()
+        if self._start is None:
+            self._start = (now, int(step))
+            return math.nan
+        elapsed, done = now - self._start[0], int(step) - self._start[1]
+        return elapsed / done * (self._total - int(step)) if done > 0 else math.nan
+
     def update(self, step: int, *, loss: float, tokens_per_s: float, **extra: float) -> None:
-        """Moves the bar to `step` and shows the latest loss, throughput and any extras."""
-        if self._bar is None:
-            return
-        self._bar.update(int(step) - self._bar.n)
-        postfix = {"loss": f"{float(loss):.4f}", "tok/s": _short(float(tokens_per_s))}
-        postfix.update({k: _short(float(v)) for k, v in extra.items()})
-        self._bar.set_postfix(postfix, refresh=True)
+        """Moves to `step` and shows the latest loss, throughput and any extras."""
+        eta = self.eta(step)
+        if self._bar is not None:
+            self._bar.update(int(step) - self._bar.n)
+            postfix = {"loss": f"{float(loss):.4f}", "tok/s": _short(float(tokens_per_s))}
+            postfix.update({k: _short(float(v)) for k, v in extra.items()})
+            self._bar.set_postfix(postfix, refresh=True)
+        elif self._lines and (step % self._log_every == 0 or step == self._total):
+            parts = [f"step {int(step)}/{self._total}", f"loss {float(loss):.4f}"]
+            parts += [f"{k} {_short(float(v))}" for k, v in extra.items()]
+            parts.append(f"tok/s {_short(float(tokens_per_s))}")
+            parts.append(f"eta {_duration(eta)}" if math.isfinite(eta) else "eta -")
+            self.write("  ".join(parts))
+
+    def write(self, text: str) -> None:
+        """A line above the bar, or a plain line (flushed at once, for logs read live)."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
+        elif self._lines:
+            print(text, file=self._stream, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._lines = False

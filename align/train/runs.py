@@ -46,8 +46,8 @@ def model_fn(kind: str, model_cfg, objective_cfg):
 
 
 def resolve_workdir(path: str, workdir: str) -> str:
-    """An `init.workdir`: absolute, or relative to this run's workdir."""
-    return os.path.abspath(path if os.path.isabs(path) else os.path.join(workdir, path))
+    """Another run's workdir named by this run's config (see `config.absolute_path`)."""
+    return config_lib.absolute_path(path, workdir)
 
 
 def write_model_config(workdir: str, model_cfg: transformer.TransformerConfig) -> None:

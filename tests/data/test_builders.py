@@ -134,6 +134,13 @@ def test_rebuild_after_killed_build(tmp_path):
     assert _text(src["test"][4]["completion"]) == expected[4]["completion"]
 
 
+def test_a_local_build_says_what_it_builds_not_downloading(tmp_path, capsys):
+    builders.build_reviews("prompts", str(tmp_path), world=WORLD, labeler={}, sizes=SIZES)
+    out = capsys.readouterr().out
+    assert "Downloading and preparing" not in out and "downloaded and prepared" not in out
+    assert "building the review world's reviews_prompts dataset" in out
+
+
 def test_finished_build_is_reused(data_dir):
     builders.build_reviews("prompts", data_dir, world=WORLD, labeler={}, sizes=SIZES)
     config = builders.make_config("prompts", world=WORLD, labeler={}, sizes=SIZES)

@@ -377,6 +377,7 @@ def test_dpo_trains_on_public_pairs(tmp_path):
         "--config.data.subsets=helpful-base", "--config.data.vocab_size=32",
         "--config.data.batch_size=8", "--config.data.eval_batch_size=8",
         "--config.data.max_len=40", "--config.data.max_prompt_len=20",
+        "--config.eval.max_new_tokens=20",
         "--config.init.workdir=", "--config.init.config=", "--config.train.progress=False"])
     trainer = loop.Trainer(cfg, str(tmp_path / "run"))
     assert trainer.data.tokenizer.joint and trainer.data.world is None

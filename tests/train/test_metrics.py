@@ -130,3 +130,32 @@ def test_progress_bar():
     off.close()
     assert not off.enabled and quiet.getvalue() == ""
     assert not M.Progress(100, 0, enabled=False, file=_FakeTTY()).enabled
+
+
+def test_plain_progress_lines_every_log_every_steps_with_eta():
+    stream = io.StringIO()  # not a TTY: a pipe, nohup or a scheduler's log
+    lines = M.Progress(10, 0, enabled=True, file=stream, log_every=3)
+    for step in range(1, 11):
+        lines.update(step, loss=0.5, tokens_per_s=2000.0, lr=1e-3)
+    lines.write("eval step 10: loss 0.5")
+    lines.close()
+    out = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in out[:-1]] == ["3/10", "6/10", "9/10", "10/10"]
+    assert out[0].startswith("step 3/10  loss 0.5000  lr 0.001  tok/s 2k  eta ")
+    # The ETA counts from the first update (after compilation), so it exists from the 2nd on.
+    assert all("eta -" not in line for line in out[:-1]) and out[-1] == "eval step 10: loss 0.5"
+    off = io.StringIO()
+    M.Progress(10, 0, enabled=False, file=off, log_every=1).update(1, loss=1.0, tokens_per_s=1.0)
+    assert off.getvalue() == ""
+
+
+def test_truncate_keeps_only_train_lines_at_a_final_step(tmp_path):
+    with M.MetricWriter(str(tmp_path)) as w:
+        w.write(4, {"loss": 1.0})
+        w.write(4, {"loss": 2.0}, prefix="eval")
+        w.write_text(4, "samples", "a -> b")
+        w.write(5, {"loss": 3.0})
+    assert M.truncate_after(str(tmp_path), 4, train_only_at_step=True) == 3
+    assert M.read_metrics(str(tmp_path)) == [{"step": 4, "train/loss": 1.0}]
+    assert M.truncate_after(str(tmp_path), -1) == 1
+    assert M.read_metrics(str(tmp_path)) == []
