@@ -1,6 +1,8 @@
 """What the paper-reproduction experiments share: running configs, reading results, tables, plots.
 
 An experiment's run.py imports this file by path (`sys.path.insert(0, <experiments dir>)`).
+Outputs go to $ALIGN_RUNS/experiments/<name> (~/align-runs by default), outside the repository;
+only `--publish` after a full run copies its tables and plots next to run.py.
 Runs are cached: `train` skips a run whose workdir already holds `result.json`, so a killed
 experiment resumes where it stopped, and a finished one re-renders its tables at once.
 
@@ -28,22 +30,45 @@ from align import config as config_lib  # noqa: E402
 from align.evaluate import stats  # noqa: E402
 
 RESULT = "result.json"
+# Default home of every experiment's outputs; trial runs must never land on committed results.
+RUNS_ENV = "ALIGN_RUNS"
+DEFAULT_RUNS = os.path.join("~", "align-runs")
 # Small world settings every experiment can start from (test-sized data, one eval batch).
 TINY_DATA = ["--config.data.num_train=2048", "--config.data.num_test=256",
              "--config.data.num_prompts=256", "--config.eval.num_batches=1"]
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-    """--quick, --seeds, --out and --plot-only, the flags every experiment takes."""
+    """--quick, --seeds, --out and --publish, the flags every experiment takes."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few-minute version of the protocol")
     p.add_argument("--seeds", type=int, default=0, help="seeds per setting (0: the mode's default)")
     p.add_argument("--out", default="", help="where runs, results.md, results.json and plots go "
-                   "(default: runs/experiments/<name>; plots and tables are copied next to run.py "
-                   "by a full run)")
+                   f"(default: ${RUNS_ENV}/experiments/<name>, ${RUNS_ENV} being "
+                   f"{DEFAULT_RUNS} unless set)")
+    p.add_argument("--publish", action="store_true",
+                   help="after a full run, copy results.md and the plots next to run.py (the "
+                        "committed results); without it nothing is written into the repository")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the test suite's size
     return p
+
+
+def mode(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """'tiny', 'quick' or 'full' from the flags; --publish is refused for anything but full."""
+    name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    # A short run's tables would silently replace the committed full-protocol ones.
+    if args.publish and name != "full":
+        p.error(f"--publish copies a full run's results next to run.py; a {name} run is not one")
+    return name
+
+
+def output_dir(out: str, name: str) -> str:
+    """`out` made absolute, or by default $ALIGN_RUNS/experiments/<name>, outside the repository."""
+    if out:
+        return os.path.abspath(os.path.expanduser(out))
+    runs = os.environ.get(RUNS_ENV) or DEFAULT_RUNS
+    return os.path.abspath(os.path.join(os.path.expanduser(runs), "experiments", name))
 
 
 def log(msg: str) -> None:
@@ -66,6 +91,8 @@ def train(config: str, workdir: str, overrides: Sequence[str] = (), *, devices=N
             return json.load(f)
     spec = config if os.path.isabs(config) else os.path.join(ROOT, config)
     cfg = config_lib.resolve(spec, ["--config.train.progress=False", *overrides])
+    workdir = os.path.abspath(workdir)
+    cfg = config_lib.absolute_paths(cfg, workdir)  # as the CLI does: config.json says what ran
     config_lib.write_config(cfg, workdir)
     start = time.time()
     trainer = loop.Trainer(cfg, workdir, devices=devices or jax.devices()[:1])
@@ -106,7 +133,7 @@ def write_outputs(out: str, results: dict, markdown: str) -> None:
 
 
 def publish(out: str, here: str, names: Sequence[str]) -> None:
-    """Copies results.md and the plots of a full run next to the experiment's run.py."""
+    """Copies results.md and the plots of a full run next to the experiment's run.py (--publish)."""
     import shutil
     for name in names:
         shutil.copyfile(os.path.join(out, name), os.path.join(here, name))

@@ -2,9 +2,9 @@
 
 Dimension letters: B sequences, S samples per prompt, N completion tokens, A actions (tabular).
 
-Notation (REFERENCE.md): ℓ_n = log π_θ(y_n | x, y_<n) and ℓ^ref_n the reference's token log-prob;
-r_n = ℓ_n − ℓ^ref_n the per-token log-ratio; P = P(y ≻ y') a preference in [0, 1]; μ the
-reference policy; τ the KL strength; β the weight of μ in the geometric mixture. Tabular
+Notation (docs/formulas.md): ℓ_n = log π_θ(y_n | x, y_<n) and ℓ^ref_n the reference's token
+log-prob; r_n = ℓ_n − ℓ^ref_n the per-token log-ratio; P = P(y ≻ y') a preference in [0, 1]; μ
+the reference policy; τ the KL strength; β the weight of μ in the geometric mixture. Tabular
 preference matrices hold P[i, j] = P(i ≻ j) with P + Pᵀ = 1. Functions return per-example
 (or per-token) values; reductions belong to the caller.
 """

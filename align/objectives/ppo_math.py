@@ -10,7 +10,7 @@ every function is fp32 (float64 inputs stay float64, so oracles can run in x64).
 
 Where libraries differ, the choice is an option; `LIBRARY_DEFAULTS` holds each library's settings:
 
-| setting             | align (REFERENCE.md) | TRL PPOTrainer       | OpenRLHF             |
+| setting             | align (the papers)   | TRL PPOTrainer       | OpenRLHF             |
 |---------------------|----------------------|----------------------|----------------------|
 | γ, λ                | 1, 0.95              | 1, 0.95              | 1, 1 (0.95 before)   |
 | policy clip ε       | 0.2                  | 0.2                  | 0.2                  |

@@ -1,7 +1,10 @@
 """DPO against PPO on the gold reward-KL frontier (Rafailov et al., arXiv 2305.18290, Fig. 2 left).
 
-    python experiments/dpo_vs_ppo/run.py            # full protocol: 3 seeds, 4 settings per family
     python experiments/dpo_vs_ppo/run.py --quick    # seed 0, the extreme settings of each family
+    python experiments/dpo_vs_ppo/run.py            # full protocol: 3 seeds, 4 settings per family
+    python experiments/dpo_vs_ppo/run.py --publish  # the same, then results.md, frontier.png here
+
+Outputs go to ~/align-runs/experiments/dpo_vs_ppo ($ALIGN_RUNS replaces ~/align-runs) or --out.
 
 One SFT run and one Bradley-Terry reward model (on the same labelled pairs DPO trains on) are
 shared. From the SFT policy: DPO at several beta, PPO at several fixed KL coefficients scored by
@@ -38,6 +41,14 @@ SETTINGS = {"dpo": (0.03, 0.1, 0.3, 1.0), "ppo_rm": (0.01, 0.03, 0.1, 0.3),
 TOLERANCE = 0.05
 GRID_POINTS = 5
 PLOT = "frontier.png"
+# 16 tokens truncate about half of the prompts. Every sequence (demonstrations, labelled pairs,
+# rollouts, samples) must fit both the data and the model, so both lengths come from here.
+PROMPT_LEN = 24
+NEW_TOKENS = 48
+MAX_LEN = PROMPT_LEN + NEW_TOKENS
+LENGTHS = [f"--config.data.max_prompt_len={PROMPT_LEN}", f"--config.data.max_len={MAX_LEN}",
+           f"--config.model.max_len={MAX_LEN}", f"--config.online.max_new_tokens={NEW_TOKENS}",
+           f"--config.eval.max_new_tokens={NEW_TOKENS}"]
 
 # Steps per run and evaluations per run for each mode; the quick mode's runs are the full
 # protocol's seed-0 runs at the extreme settings (so a full run reuses them).
@@ -124,9 +135,7 @@ def verdict(comparisons):
 def run_all(out, mode, seeds):
     """Trains everything; returns {family: [(setting, seed, steps_M, kl_M, reward_M)]}."""
     m = MODES[mode]
-    common = [f"--config.data.data_dir={os.path.join(out, 'data')}",
-              # 16 tokens truncate about half of the prompts; 24 + 48 new tokens need max_len 72.
-              "--config.data.max_prompt_len=24", "--config.model.max_len=80", *m["data"]]
+    common = [f"--config.data.data_dir={os.path.join(out, 'data')}", *LENGTHS, *m["data"]]
     size = "tiny"
     sft = os.path.join(out, f"sft_n{m['sft_steps']}")
     harness.log(f"SFT -> {sft}")
@@ -279,10 +288,11 @@ def plot(points, analysis, path):
 
 def main(argv=None) -> int:
     import time
-    args = harness.parser(__doc__).parse_args(argv)
-    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
+    p = harness.parser(__doc__)
+    args = p.parse_args(argv)
+    mode = harness.mode(p, args)
     seeds = args.seeds or MODES[mode]["seeds"]
-    out = os.path.abspath(args.out or os.path.join(harness.ROOT, "runs", "experiments", NAME))
+    out = harness.output_dir(args.out, NAME)
     os.makedirs(out, exist_ok=True)
     # Runs differ mostly in constants and seeds: a persistent compilation cache skips most of
     # the recompilation every new trainer would do (compiling is most of a small run's time).
@@ -304,7 +314,7 @@ def main(argv=None) -> int:
     text = markdown(points, analysis, seeds, seconds)
     harness.write_outputs(out, results, text)
     plot(points, analysis, os.path.join(out, PLOT))
-    if mode == "full":
+    if args.publish:
         harness.publish(out, HERE, ["results.md", PLOT])
     print(text)
     harness.log(f"wrote results.md, results.json and {PLOT} to {out}")

@@ -1,7 +1,11 @@
 """IPO's bandit illustration (Azar et al., arXiv 2310.12036, §5): DPO and IPO on a tabular softmax policy.
 
+    python experiments/ipo_bandit/run.py --quick              # 2,000 steps, 3 seeds
     python experiments/ipo_bandit/run.py                      # full protocol: 18,000 steps, 10 seeds
-    python experiments/ipo_bandit/run.py --steps 2000 --seeds 3 --out /tmp/bandit
+    python experiments/ipo_bandit/run.py --publish            # the same, then results.md, PNGs here
+    python experiments/ipo_bandit/run.py --steps 5000 --seeds 4 --out /tmp/bandit
+
+Outputs go to ~/align-runs/experiments/ipo_bandit ($ALIGN_RUNS replaces ~/align-runs) or --out.
 
 Three actions, pi = softmax(theta), theta initialised at 0 (pi = mu, uniform), uniform reference mu,
 Adam (lr 0.01), each step a minibatch of 9 pairs drawn with replacement from the dataset, loss =
@@ -13,7 +17,6 @@ S steps, R seeds (runs), U tau values.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
@@ -25,7 +28,13 @@ import numpy as np
 import optax
 from scipy import stats
 
-from align.objectives import pairwise
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402
+
+from align.objectives import pairwise  # noqa: E402
+
+NAME = "ipo_bandit"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 ACTIONS = ("a", "b", "c")
 # (winner, loser) action indices. The paper's D3 as printed never mentions c, so nothing could
@@ -41,6 +50,9 @@ SEEDS = 10
 BATCH_SIZE = 9
 LEARNING_RATE = 0.01
 CONFIDENCE = 0.95
+# Adam steps and seeds per mode; --steps / --seeds override them.
+MODES = {"full": dict(steps=STEPS, seeds=SEEDS), "quick": dict(steps=2000, seeds=3),
+         "tiny": dict(steps=200, seeds=2)}
 
 
 def pair_losses(method, logratio_chosen_N, logratio_rejected_N, tau):
@@ -257,30 +269,39 @@ def plot_file_name(name):
     return name.lower().replace("'", "prime") + ".png"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=STEPS, help="Adam steps per run")
-    p.add_argument("--seeds", type=int, default=SEEDS, help="seeds per (dataset, tau, method)")
-    p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
-                   help="folder for results.md and the PNG plots (default: this folder)")
+def settings(argv=None):
+    """(args, mode name, steps, seeds, out) from the command line."""
+    p = harness.parser(__doc__)
+    p.add_argument("--steps", type=int, help="Adam steps per run (default: the mode's)")
     args = p.parse_args(argv)
-    if args.steps < 1:
-        p.error(f"--steps must be at least 1, got {args.steps}")
-    if args.seeds < 1:
-        p.error(f"--seeds must be at least 1, got {args.seeds}")
-    os.makedirs(args.out, exist_ok=True)
+    name = harness.mode(p, args)
+    steps = MODES[name]["steps"] if args.steps is None else args.steps
+    seeds = args.seeds or MODES[name]["seeds"]
+    if steps < 1:
+        p.error(f"--steps must be at least 1, got {steps}")
+    if seeds < 1:
+        p.error(f"--seeds must be at least 1, got {seeds}")
+    return args, name, steps, seeds, harness.output_dir(args.out, NAME)
+
+
+def main(argv=None) -> int:
+    args, _, steps, seeds, out = settings(argv)
+    os.makedirs(out, exist_ok=True)
     # The least-squares optimum must agree with the analytic one where we have it.
     for tau in TAUS:
         np.testing.assert_allclose(ipo_closed_form(DATASETS["D1"], tau), ipo_d1_analytic(tau),
                                    rtol=1e-9, atol=1e-12)
-    results = run_all(steps=args.steps, seeds=args.seeds)
-    table = results_table(results, steps=args.steps) + "\n" + trend_table(results, steps=args.steps)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
+    results = run_all(steps=steps, seeds=seeds)
+    table = results_table(results, steps=steps) + "\n" + trend_table(results, steps=steps)
+    with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table)
-    for name in DATASETS:
-        plot_dataset(results, name, os.path.join(args.out, plot_file_name(name)))
+    plots = [plot_file_name(name) for name in DATASETS]
+    for name, plot in zip(DATASETS, plots):
+        plot_dataset(results, name, os.path.join(out, plot))
+    if args.publish:
+        harness.publish(out, HERE, ["results.md", *plots])
     print(table)
-    print(f"wrote results.md and {', '.join(plot_file_name(n) for n in DATASETS)} to {args.out}")
+    print(f"wrote results.md and {', '.join(plots)} to {out}")
     return 0
 
 

@@ -1,7 +1,11 @@
 """LiPO (Liu et al., arXiv 2402.01878) on the review world: listwise losses, list sizes, ablations.
 
-    python experiments/lipo/run.py            # full protocol (3 seeds)
     python experiments/lipo/run.py --quick    # the seven losses at K = 8, LiPO-λ at K = 2 and 32
+    python experiments/lipo/run.py            # full protocol (3 seeds)
+    python experiments/lipo/run.py --publish  # the same, then results.md and the plots here
+
+Outputs go to ~/align-runs/experiments/lipo (lipo_quick for --quick; $ALIGN_RUNS replaces
+~/align-runs) or --out.
 
 One tiny SFT policy is trained once; every listwise run starts from it (it is also the
 reference) and trains `configs/preference.py:objective=NAME` on K-lists of completions that the
@@ -80,7 +84,10 @@ def world_overrides(out: str, *, num_train: int, eval_prompts: int) -> list[str]
     """Data and evaluation keys every run of the experiment shares."""
     return ["--config.data.num_test=256", f"--config.data.num_prompts={max(eval_prompts, 8)}",
             "--config.eval.num_batches=1", f"--config.eval.num_samples={eval_prompts}",
+            # 24 + 40 new tokens fit the configs' 64 positions (data and model). Offline runs
+            # never sample rollouts; online's length is set too so no config asks for more.
             "--config.data.max_prompt_len=24", "--config.eval.max_new_tokens=40",
+            "--config.online.max_new_tokens=40",
             f"--config.data.num_train={num_train}", f"--config.data.data_dir={out}/data",
             f"--config.task.temperature={TEMPERATURE}",
             # Only the final evaluation: intermediate ones would double a run's cost.
@@ -317,7 +324,7 @@ def main(argv=None) -> int:
     p.add_argument("--list-sizes", default="", help="comma-separated list sizes of the K sweep "
                    "(default: the mode's; 8 is always run)")
     args = p.parse_args(argv)
-    mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    mode_name = harness.mode(p, args)
     mode = dict(MODES[mode_name])
     if args.list_sizes:
         try:
@@ -331,7 +338,7 @@ def main(argv=None) -> int:
     if seeds < 1:
         p.error(f"--seeds must be at least 1, got {seeds}")
     default = "lipo" if mode_name == "full" else f"lipo_{mode_name}"
-    out = os.path.abspath(args.out or os.path.join(harness.ROOT, "runs", "experiments", default))
+    out = harness.output_dir(args.out, default)
     os.makedirs(out, exist_ok=True)
     _compilation_cache(os.path.join(out, "jax_cache"))
     results = run_all(mode, out, seeds)
@@ -342,7 +349,7 @@ def main(argv=None) -> int:
                                 "beta": BETA, "temperature": TEMPERATURE, "lr": LR,
                                 "results": results,
                                 "claims": claims(results, mode["list_sizes"])}, md)
-    if mode_name == "full":
+    if args.publish:
         harness.publish(out, HERE, ["results.md", *PLOTS])
     print(md)
     return 0

@@ -1,7 +1,10 @@
 """Nash-MD-PG against RLHF under an intransitive judge (Munos et al., arXiv 2312.00886, Table 1).
 
-    python experiments/nash_md/run.py          # full protocol; publishes results.md, plots here
-    python experiments/nash_md/run.py --quick  # a few minutes; outputs in runs/experiments/nash_md
+    python experiments/nash_md/run.py --quick    # a few minutes
+    python experiments/nash_md/run.py            # full protocol
+    python experiments/nash_md/run.py --publish  # the same, then results.md and the plots here
+
+Outputs go to ~/align-runs/experiments/nash_md ($ALIGN_RUNS replaces ~/align-runs) or --out.
 
 The gold judge is the review world's labeler with a rock-paper-scissors term over the three
 review styles (align/tasks/labelers.py): no scalar reward can represent it. From one SFT policy:
@@ -48,6 +51,14 @@ TAU = 0.1  # Nash-MD's KL coefficient, and RLOO's, so both sides pay the same fo
 # the two samples, so it gets a larger step size to travel a comparable KL (checked in --quick).
 RLOO_SAMPLES = 2
 NASH_LR = 1e-3
+# Prompts of up to 24 tokens (16 truncates about half) plus 48 sampled tokens. Data and model
+# share one length, so labelled pairs are scored whole and rollouts fit what the models saw.
+PROMPT_LEN = 24
+NEW_TOKENS = 48
+MAX_LEN = PROMPT_LEN + NEW_TOKENS
+LENGTHS = [f"--config.data.max_prompt_len={PROMPT_LEN}", f"--config.data.max_len={MAX_LEN}",
+           f"--config.model.max_len={MAX_LEN}", f"--config.online.max_new_tokens={NEW_TOKENS}",
+           f"--config.eval.max_new_tokens={NEW_TOKENS}"]
 
 MODES = {
     # steps of each stage, labelled pairs, held-out prompts x samples for the head-to-heads,
@@ -116,7 +127,7 @@ def train_all(out: str, mode: dict, seeds: int) -> dict:
     """Every run of the protocol; returns their workdirs. Cached runs are read back."""
     size, data_dir = mode["size"], os.path.join(out, "data")
     world = [*harness.TINY_DATA, f"--config.data.num_train={mode['num_train']}",
-             "--config.data.max_prompt_len=24", "--config.model.max_len=72",
+             *LENGTHS,
              f"--config.data.data_dir={data_dir}", f"--config.task.temperature={TEMPERATURE}",
              f"--config.task.intransitive={INTRANSITIVE}"]
     dirs = {"sft": os.path.join(out, "sft"), "pm": os.path.join(out, "pm"),
@@ -291,16 +302,17 @@ def compilation_cache(path: str):
 
 
 def main(argv=None) -> int:
-    args = harness.parser(__doc__).parse_args(argv)
-    name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    p = harness.parser(__doc__)
+    args = p.parse_args(argv)
+    name = harness.mode(p, args)
     mode = MODES[name]
     seeds = args.seeds or mode["seeds"]
-    out = args.out or os.path.join(harness.ROOT, "runs", "experiments", NAME)
+    out = harness.output_dir(args.out, NAME)
     with compilation_cache(os.path.join(out, "jax_cache")):
-        return _run(name, mode, seeds, out)
+        return _run(name, mode, seeds, out, args.publish)
 
 
-def _run(name: str, mode: dict, seeds: int, out: str) -> int:
+def _run(name: str, mode: dict, seeds: int, out: str, publish: bool) -> int:
     start = time.time()
     dirs = train_all(out, mode, seeds)
     harness.log("head-to-heads")
@@ -311,7 +323,7 @@ def _run(name: str, mode: dict, seeds: int, out: str) -> int:
     md = markdown(res, summ)
     harness.write_outputs(out, res, md)
     draw_plots(out, res, summ)
-    if name == "full":
+    if publish:
         harness.publish(out, HERE, ["results.md", *PLOTS])
     print(md)
     harness.log(f"done in {time.time() - start:.0f} s; outputs in {out}")

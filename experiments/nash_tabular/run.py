@@ -1,7 +1,11 @@
 """Exact tabular checks of Nash-MD (Munos et al., arXiv 2312.00886) and online IPO (Calandriello et al., arXiv 2403.08635).
 
-    python experiments/nash_tabular/run.py                    # full protocol, writes here
-    python experiments/nash_tabular/run.py --steps 2000 --seeds 2 --out /tmp/nash
+    python experiments/nash_tabular/run.py --quick            # 1,000 / 2,000 steps, 2 seeds
+    python experiments/nash_tabular/run.py                    # full protocol
+    python experiments/nash_tabular/run.py --publish          # the same, then results.md, PNGs here
+    python experiments/nash_tabular/run.py --steps 2000 --online-steps 5000 --out /tmp/nash
+
+Outputs go to ~/align-runs/experiments/nash_tabular ($ALIGN_RUNS replaces ~/align-runs) or --out.
 
 Policies over A actions, preference matrix P[i, j] = P(i ≻ j) with P + Pᵀ = 1 and diagonal ½.
 Every population quantity is exact (sums over actions, no sampling) and computed in float64 with
@@ -13,7 +17,6 @@ N tokens of a completion (1 here), R seeds.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -22,8 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from align.objectives import online_math
-from align.objectives import pairwise
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402
+
+from align.objectives import online_math  # noqa: E402
+from align.objectives import pairwise  # noqa: E402
+
+NAME = "nash_tabular"
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 F64 = jnp.float64
 
@@ -46,6 +55,10 @@ ONLINE_METHODS = ("ipo", "dpo")
 # Claim 4: online IPO's expected gradient against self-play's.
 GRAD_ACTIONS = (3, 5, 10)
 GRAD_TAUS = (0.1, 1.0)
+# Nash-MD / RPS iterations, online gradient steps and seeds per mode; the flags override them.
+MODES = {"full": dict(steps=NASH_STEPS, online_steps=ONLINE_STEPS, seeds=SEEDS),
+         "quick": dict(steps=1000, online_steps=2000, seeds=2),
+         "tiny": dict(steps=50, online_steps=50, seeds=1)}
 
 
 # ----------------------------------------------------------------------------- preferences
@@ -524,32 +537,43 @@ def plot_online(runs, path, *, tau=ONLINE_TAU, problems=None):
 PLOTS = ("nash_md_kl.png", "rps.png", "online_ipo_dpo.png")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=NASH_STEPS, help="Nash-MD and RPS iterations")
-    p.add_argument("--online-steps", type=int, default=ONLINE_STEPS,
-                   help="gradient steps of online IPO / DPO")
-    p.add_argument("--seeds", type=int, default=SEEDS, help="random games per (A, τ)")
-    p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
-                   help="folder for results.md and the PNG plots (default: this folder)")
+def settings(argv=None):
+    """(args, mode name, {steps, online_steps, seeds}, out) from the command line."""
+    p = harness.parser(__doc__)
+    p.add_argument("--steps", type=int, help="Nash-MD and RPS iterations (default: the mode's)")
+    p.add_argument("--online-steps", type=int,
+                   help="gradient steps of online IPO / DPO (default: the mode's)")
     args = p.parse_args(argv)
-    for flag in ("steps", "online_steps", "seeds"):
-        if getattr(args, flag) < (2 if flag != "seeds" else 1):
-            p.error(f"--{flag.replace('_', '-')} is too small: {getattr(args, flag)}")
-    os.makedirs(args.out, exist_ok=True)
-    nash = nash_md_runs(seeds=args.seeds, steps=args.steps)
-    rps = rps_runs(steps=args.steps)
-    online = online_runs(steps=args.online_steps)
-    grads = gradient_checks(seeds=args.seeds)
-    table = "\n".join([nash_md_table(nash, steps=args.steps), rps_table(rps, steps=args.steps),
-                       online_table(online, steps=args.online_steps), gradient_table(grads)])
-    with open(os.path.join(args.out, "results.md"), "w") as f:
+    name = harness.mode(p, args)
+    # --seeds (random games per (A, τ)) follows the harness: 0 is the mode's.
+    sizes = dict(MODES[name], seeds=args.seeds or MODES[name]["seeds"])
+    sizes.update({k: getattr(args, k) for k in ("steps", "online_steps")
+                  if getattr(args, k) is not None})
+    for flag, value in sizes.items():
+        if value < (2 if flag != "seeds" else 1):
+            p.error(f"--{flag.replace('_', '-')} is too small: {value}")
+    return args, name, sizes, harness.output_dir(args.out, NAME)
+
+
+def main(argv=None) -> int:
+    args, _, sizes, out = settings(argv)
+    steps, online_steps, seeds = sizes["steps"], sizes["online_steps"], sizes["seeds"]
+    os.makedirs(out, exist_ok=True)
+    nash = nash_md_runs(seeds=seeds, steps=steps)
+    rps = rps_runs(steps=steps)
+    online = online_runs(steps=online_steps)
+    grads = gradient_checks(seeds=seeds)
+    table = "\n".join([nash_md_table(nash, steps=steps), rps_table(rps, steps=steps),
+                       online_table(online, steps=online_steps), gradient_table(grads)])
+    with open(os.path.join(out, "results.md"), "w") as f:
         f.write(table)
-    plot_nash_md(nash, os.path.join(args.out, PLOTS[0]))
-    plot_rps(rps, os.path.join(args.out, PLOTS[1]))
-    plot_online(online, os.path.join(args.out, PLOTS[2]))
+    plot_nash_md(nash, os.path.join(out, PLOTS[0]))
+    plot_rps(rps, os.path.join(out, PLOTS[1]))
+    plot_online(online, os.path.join(out, PLOTS[2]))
+    if args.publish:
+        harness.publish(out, HERE, ["results.md", *PLOTS])
     print(table)
-    print(f"wrote results.md and {', '.join(PLOTS)} to {args.out}")
+    print(f"wrote results.md and {', '.join(PLOTS)} to {out}")
     return 0
 
 

@@ -1,7 +1,10 @@
 """Online IPO round-robin (Calandriello et al., arXiv 2403.08635, Table 2) on the synthetic review world.
 
-    python experiments/online_ipo/run.py            # full protocol (3 seeds), publishes here
     python experiments/online_ipo/run.py --quick    # one seed, short runs
+    python experiments/online_ipo/run.py            # full protocol (3 seeds)
+    python experiments/online_ipo/run.py --publish  # the same, then results.md and the plots here
+
+Outputs go to ~/align-runs/experiments/online_ipo ($ALIGN_RUNS replaces ~/align-runs) or --out.
 
 One SFT run and one learned reward model (Bradley–Terry on a finite set of noisily labelled
 pairs) are shared by every policy. Six online methods (online IPO, IPO-MD(0.125), online DPO,
@@ -378,11 +381,12 @@ def draw_plots(results: dict, out: str) -> None:
 
 
 def main(argv=None) -> int:
-    args = harness.parser(__doc__).parse_args(argv)
-    mode_name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    p = harness.parser(__doc__)
+    args = p.parse_args(argv)
+    mode_name = harness.mode(p, args)
     mode = MODES[mode_name]
     seeds = args.seeds or mode["seeds"]
-    out = os.path.abspath(args.out or os.path.join(harness.ROOT, "runs", "experiments", NAME))
+    out = harness.output_dir(args.out, NAME)
     start = time.time()
     trained = train_all(out, mode, seeds)
     names = ["sft", *mode["methods"]]
@@ -405,7 +409,7 @@ def main(argv=None) -> int:
     results["mode"] = mode_name
     harness.write_outputs(out, results, render(results, mode_name, seconds))
     draw_plots(results, out)
-    if mode_name == "full":
+    if args.publish:
         harness.publish(out, HERE, ("results.md", *PLOTS))
     harness.log(f"done in {seconds / 60:.1f} min: {out}/results.md")
     return 0

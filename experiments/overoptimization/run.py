@@ -1,7 +1,11 @@
 """Reward-model over-optimisation (Gao et al., arXiv 2210.10760; Stiennon et al., arXiv 2009.01325).
 
-    python experiments/overoptimization/run.py            # full protocol, publishes here
-    python experiments/overoptimization/run.py --quick --out /tmp/overopt
+    python experiments/overoptimization/run.py --quick      # a few minutes
+    python experiments/overoptimization/run.py              # full protocol
+    python experiments/overoptimization/run.py --publish    # the same, then results.md, plots here
+
+Outputs go to ~/align-runs/experiments/overoptimization ($ALIGN_RUNS replaces ~/align-runs) or
+--out.
 
 One tiny SFT policy on the review world. Proxy reward models (tiny, Bradley–Terry) are trained on
 pairs labelled deterministically by the world's gold reward (task.temperature = 0), with several
@@ -50,14 +54,20 @@ PPO_LR = 1.5e-4
 MIN_R2 = 0.9
 MAX_EXTRAPOLATION_RMSE = 0.1
 FRONTIER_TOLERANCE = 0.1
+# Prompts of up to 24 tokens (16 truncates about half) plus 48 sampled tokens. Data and model
+# share one length, so the proxies train on sequences as long as the rollouts they score.
+PROMPT_LEN = 24
+NEW_TOKENS = 48
+MAX_LEN = PROMPT_LEN + NEW_TOKENS
 
 
 # ----------------------------------------------------------------------------- runs
 
 def common_overrides(out: str, tiny: bool) -> list[str]:
-    # Prompts of up to 24 tokens (16 truncates about half) plus 48 sampled tokens need 72 positions.
-    base = [f"--config.data.data_dir={os.path.join(out, 'data')}", "--config.data.max_prompt_len=24",
-            "--config.model.max_len=72"]
+    base = [f"--config.data.data_dir={os.path.join(out, 'data')}",
+            f"--config.data.max_prompt_len={PROMPT_LEN}", f"--config.data.max_len={MAX_LEN}",
+            f"--config.model.max_len={MAX_LEN}", f"--config.online.max_new_tokens={NEW_TOKENS}",
+            f"--config.eval.max_new_tokens={NEW_TOKENS}"]
     return (list(harness.TINY_DATA) if tiny else []) + base
 
 
@@ -403,13 +413,14 @@ def plots(res: dict, out: str) -> None:
 
 
 def main(argv=None) -> int:
-    args = harness.parser(__doc__).parse_args(argv)
-    name = "tiny" if args.tiny else "quick" if args.quick else "full"
+    p = harness.parser(__doc__)
+    args = p.parse_args(argv)
+    name = harness.mode(p, args)
     mode = MODES[name]
     seeds = args.seeds or mode["seeds"]
     if seeds < 1:
         raise SystemExit(f"--seeds must be >= 1, got {seeds}")
-    out = os.path.abspath(args.out or os.path.join(harness.ROOT, "runs", "experiments", NAME))
+    out = harness.output_dir(args.out, NAME)
     os.makedirs(out, exist_ok=True)
     raw = run_all(out, mode, seeds, args.tiny)
     res = analyse(raw, mode, seeds)
@@ -419,7 +430,7 @@ def main(argv=None) -> int:
     harness.write_outputs(out, res, text)
     plots(res, out)
     print(text)
-    if name == "full":
+    if args.publish:
         harness.publish(out, HERE, ("results.md", *PLOTS))
     harness.log(f"wrote results.md, results.json and {', '.join(PLOTS)} to {out}")
     return 0

@@ -74,16 +74,19 @@ def test_verdict_needs_both_ppo_families():
 
 
 @pytest.mark.experiment
-def test_tiny_run_writes_table_plot_and_finite_results(tmp_path):
+def test_tiny_run_writes_table_plot_and_finite_results(runs_home):
+    # No --out: the default folder under $ALIGN_RUNS; `runs_home` checks that nothing was
+    # written into experiments/.
+    out = runs_home / "dpo_vs_ppo"
     # A subprocess: the run turns on JAX's persistent compilation cache, a process-wide setting.
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, str(_RUN_PY), "--tiny", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(_RUN_PY), "--tiny"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = (tmp_path / "results.md").read_text()
+    table = (out / "results.md").read_text()
     assert "| DPO | beta=0.03 |" in table and "Verdict" in table
-    assert (tmp_path / run.PLOT).stat().st_size > 1000
-    results = json.loads((tmp_path / "results.json").read_text())
+    assert (out / run.PLOT).stat().st_size > 1000
+    results = json.loads((out / "results.json").read_text())
     assert results["mode"] == "tiny" and results["seeds"] == 1
     for family in run.FAMILIES:
         (entry,) = results["points"][family]

@@ -1,7 +1,9 @@
-"""The experiments' shared harness: head-to-head win rates, cached runs, tables and plots."""
+"""The experiments' shared harness: flags, output folders, win rates, cached runs, tables, plots."""
 
+import importlib.util
 import json
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -44,3 +46,78 @@ def test_tables_and_plots(tmp_path):
     path = tmp_path / "p.png"
     harness.plot(str(path), lambda ax: ax.plot([0, 1], [0, 1], label="line"), title="t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+RUN_PYS = sorted(p for p in pathlib.Path(harness.EXPERIMENTS).glob("*/run.py")
+                 if p.parent.name != "throughput")  # a benchmark, with its own flags
+
+
+def _load(path):
+    spec = importlib.util.spec_from_file_location(f"{path.parent.name}_run_flags", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _inside(path, folder):
+    folder = os.path.abspath(folder)
+    return os.path.commonpath([os.path.abspath(path), folder]) == folder
+
+
+def test_default_out_is_outside_the_repository_and_honours_align_runs(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.delenv(harness.RUNS_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    assert harness.output_dir("", "x") == str(home / "align-runs" / "experiments" / "x")
+    monkeypatch.setenv(harness.RUNS_ENV, str(tmp_path / "runs"))
+    assert harness.output_dir("", "x") == str(tmp_path / "runs" / "experiments" / "x")
+    monkeypatch.setenv(harness.RUNS_ENV, "~/elsewhere")
+    assert harness.output_dir("", "x") == str(home / "elsewhere" / "experiments" / "x")
+    # An explicit --out wins, made absolute.
+    monkeypatch.chdir(tmp_path)
+    assert harness.output_dir("rel", "x") == str(tmp_path / "rel")
+    assert harness.output_dir("~/o", "x") == str(home / "o")
+
+
+def test_real_default_out_is_not_in_the_repository(monkeypatch):
+    monkeypatch.delenv(harness.RUNS_ENV, raising=False)
+    out = harness.output_dir("", "x")
+    assert os.path.isabs(out) and not _inside(out, harness.ROOT), out
+
+
+def test_publish_is_a_flag_and_only_for_a_full_run():
+    p = harness.parser("doc")
+    full = p.parse_args([])
+    assert not full.publish and full.out == "" and harness.mode(p, full) == "full"
+    assert harness.mode(p, p.parse_args(["--publish"])) == "full"
+    assert harness.mode(p, p.parse_args(["--quick"])) == "quick"
+    for argv in (["--quick", "--publish"], ["--tiny", "--publish"]):
+        with pytest.raises(SystemExit):
+            harness.mode(p, p.parse_args(argv))
+
+
+def test_publish_copies_only_the_named_files(tmp_path):
+    out, here = tmp_path / "out", tmp_path / "here"
+    out.mkdir()
+    here.mkdir()
+    for name in ("results.md", "a.png", "results.json"):
+        (out / name).write_text(name)
+    harness.publish(str(out), str(here), ["results.md", "a.png"])
+    assert sorted(p.name for p in here.iterdir()) == ["a.png", "results.md"]
+    assert (here / "a.png").read_text() == "a.png"
+
+
+@pytest.mark.parametrize("path", RUN_PYS, ids=lambda p: p.parent.name)
+def test_every_experiment_takes_the_shared_flags(path, runs_home, capsys):
+    run = _load(path)
+    # --publish after a short run is refused before anything runs (the fixture checks that
+    # nothing under experiments/ changed, and nothing reached the default out either).
+    with pytest.raises(SystemExit) as e:
+        run.main(["--quick", "--publish"])
+    assert e.value.code == 2 and "--publish" in capsys.readouterr().err
+    assert not runs_home.exists()
+    with pytest.raises(SystemExit) as e:
+        run.main(["--help"])
+    assert e.value.code == 0
+    usage = capsys.readouterr().out
+    assert all(flag in usage for flag in ("--quick", "--seeds", "--out", "--publish"))

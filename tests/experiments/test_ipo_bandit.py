@@ -95,10 +95,23 @@ def test_dpo_on_d1_goes_deterministic(short_runs):
     assert np.all(dpo_RxSxA[:, -1, 1] < dpo_RxSxA[:, 1499, 1] / 2)
 
 
-def test_main_writes_table_and_plots(tmp_path, short_runs):
-    argv = ["--steps", str(SHORT_STEPS), "--seeds", str(SHORT_SEEDS), "--out", str(tmp_path)]
+def test_quick_flag_picks_the_quick_settings(runs_home):
+    args, name, steps, seeds, out = run.settings(["--quick"])
+    assert name == "quick" and dict(steps=steps, seeds=seeds) == run.MODES["quick"]
+    assert steps < run.STEPS and seeds < run.SEEDS and not args.publish
+    assert out == str(runs_home / run.NAME)
+    assert run.settings(["--quick", "--steps", "10", "--seeds", "4"])[2:4] == (10, 4)
+    assert run.settings([])[1:4] == ("full", run.STEPS, run.SEEDS)
+    with pytest.raises(SystemExit):
+        run.settings(["--quick", "--publish"])
+
+
+def test_main_writes_table_and_plots(runs_home, tmp_path, monkeypatch, short_runs):
+    # No --out: the default folder, under $ALIGN_RUNS; `runs_home` checks experiments/ is untouched.
+    argv = ["--steps", str(SHORT_STEPS), "--seeds", str(SHORT_SEEDS)]
     assert run.main(argv) == 0
-    table = (tmp_path / "results.md").read_text()
+    out = runs_home / run.NAME
+    table = (out / "results.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| D")]
     # two tables x two datasets x five tau x two methods
     assert len(rows) == 2 * 2 * len(run.TAUS) * 2
@@ -108,8 +121,15 @@ def test_main_writes_table_and_plots(tmp_path, short_runs):
     star_a = run.ipo_closed_form(D1, 1.0)[0]
     assert f"| D1 | 1 | IPO | {ipo_a:.4f} ± " in table
     assert f"| {star_a:.4f}, " in table
-    for name in run.DATASETS:
-        png = tmp_path / run.plot_file_name(name)
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    names = ["results.md"] + [run.plot_file_name(name) for name in run.DATASETS]
+    for name in names[1:]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --publish copies the tables and plots next to run.py (here a stand-in folder).
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.setattr(run, "HERE", str(here))
+    assert run.main(argv + ["--publish"]) == 0
+    assert sorted(p.name for p in here.iterdir()) == sorted(names)
+    assert (here / "results.md").read_text() == table
     with pytest.raises(SystemExit):
         run.main(["--steps", "0", "--out", str(tmp_path)])

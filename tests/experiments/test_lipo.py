@@ -118,13 +118,16 @@ def test_markdown_has_every_table_with_paper_numbers():
 
 
 @pytest.mark.experiment
-def test_tiny_run_writes_table_plots_and_finite_results(tmp_path):
-    assert run.main(["--tiny", "--out", str(tmp_path)]) == 0
-    text = (tmp_path / "results.md").read_text()
+def test_tiny_run_writes_table_plots_and_finite_results(runs_home):
+    # No --out: the default folder under $ALIGN_RUNS; `runs_home` checks that nothing was
+    # written into experiments/.
+    out = runs_home / "lipo_tiny"
+    assert run.main(["--tiny"]) == 0
+    text = (out / "results.md").read_text()
     assert "| LiPO-λ |" in text and "| K = 2 | K = 8 |" in text
     for name in run.PLOTS:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    saved = json.loads((tmp_path / "results.json").read_text())
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "results.json").read_text())
     assert saved["mode"] == "tiny"
     assert set(saved["results"]) == {"lipo_lambda_K8", "lipo_lambda_K2"}
     for name, per_seed in saved["results"].items():

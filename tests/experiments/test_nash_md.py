@@ -79,13 +79,16 @@ def test_the_judge_is_intransitive():
 
 
 @pytest.mark.experiment
-def test_tiny_run_writes_table_plots_and_finite_results(tmp_path):
-    assert run.main(["--tiny", "--out", str(tmp_path)]) == 0
-    table = (tmp_path / "results.md").read_text()
+def test_tiny_run_writes_table_plots_and_finite_results(runs_home):
+    # No --out: the default folder under $ALIGN_RUNS; `runs_home` checks that nothing was
+    # written into experiments/.
+    out = runs_home / "nash_md"
+    assert run.main(["--tiny"]) == 0
+    table = (out / "results.md").read_text()
     assert "win vs RLHF (paper)" in table and "best response (β=1)" in table
     for name in run.PLOTS:
-        assert (tmp_path / name).stat().st_size > 1000
-    res = json.loads((tmp_path / "results.json").read_text())
+        assert (out / name).stat().st_size > 1000
+    res = json.loads((out / "results.json").read_text())
     betas = run.MODES["tiny"]["betas"]
     assert res["betas"] == list(betas)
     for beta in betas:

@@ -129,10 +129,27 @@ def test_online_ipo_gradient_is_self_play_gradient_times_4_over_tau():
     np.testing.assert_allclose(ipo_A, 8.0 * pg_A, rtol=1e-9, atol=1e-14)
 
 
-def test_main_writes_tables_and_plots(tmp_path):
-    argv = ["--steps", "50", "--online-steps", "50", "--seeds", "1", "--out", str(tmp_path)]
+def test_quick_flag_picks_the_quick_settings(runs_home):
+    args, name, sizes, out = run.settings(["--quick"])
+    assert name == "quick" and sizes == run.MODES["quick"] and not args.publish
+    assert sizes["steps"] < run.NASH_STEPS and sizes["online_steps"] < run.ONLINE_STEPS
+    assert sizes["seeds"] < run.SEEDS
+    assert out == str(runs_home / run.NAME)
+    _, _, sizes, _ = run.settings(["--quick", "--steps", "7", "--online-steps", "9",
+                                   "--seeds", "3"])
+    assert sizes == {"steps": 7, "online_steps": 9, "seeds": 3}
+    assert run.settings([])[2] == {"steps": run.NASH_STEPS, "online_steps": run.ONLINE_STEPS,
+                                   "seeds": run.SEEDS}
+    with pytest.raises(SystemExit):
+        run.settings(["--quick", "--publish"])
+
+
+def test_main_writes_tables_and_plots(runs_home, tmp_path, monkeypatch):
+    # No --out: the default folder, under $ALIGN_RUNS; `runs_home` checks experiments/ is untouched.
+    argv = ["--steps", "50", "--online-steps", "50", "--seeds", "1"]
     assert run.main(argv) == 0
-    text = (tmp_path / "results.md").read_text()
+    out = runs_home / run.NAME
+    text = (out / "results.md").read_text()
     for claim in ("Claim 1", "Claim 2", "Claim 3", "Claim 4"):
         assert f"**{claim}" in text
     # Every row of a table has as many cells as its header (no stray "|" in a cell).
@@ -149,6 +166,13 @@ def test_main_writes_tables_and_plots(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| 20 | 1 | 50 |")]
     assert len(rows) == 1
     for name in run.PLOTS:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --publish copies the tables and plots next to run.py (here a stand-in folder).
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.setattr(run, "HERE", str(here))
+    assert run.main(argv + ["--publish"]) == 0
+    assert sorted(p.name for p in here.iterdir()) == sorted(["results.md", *run.PLOTS])
+    assert (here / "results.md").read_text() == text
     with pytest.raises(SystemExit):
         run.main(["--steps", "1", "--out", str(tmp_path)])

@@ -88,13 +88,16 @@ def test_verdicts_need_the_methods_they_compare():
 
 
 @pytest.mark.experiment
-def test_tiny_run_writes_tables_plots_and_finite_results(tmp_path):
-    assert run.main(["--tiny", "--out", str(tmp_path)]) == 0
-    text = (tmp_path / "results.md").read_text()
+def test_tiny_run_writes_tables_plots_and_finite_results(runs_home):
+    # No --out: the default folder under $ALIGN_RUNS; `runs_home` checks that nothing was
+    # written into experiments/.
+    out = runs_home / "online_ipo"
+    assert run.main(["--tiny"]) == 0
+    text = (out / "results.md").read_text()
     assert "**Round-robin**" in text and "Pre-registered verdicts" in text
     for name in run.PLOTS:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    results = json.loads((tmp_path / "results.json").read_text())
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((out / "results.json").read_text())
     methods = run.MODES["tiny"]["methods"]
     n = len(methods) + 1
     win = np.asarray(results["win_RxNxN"])

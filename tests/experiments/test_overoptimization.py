@@ -137,13 +137,16 @@ def test_analyse_verdicts_on_made_up_runs():
 
 
 @pytest.mark.experiment
-def test_tiny_run_writes_table_plots_and_finite_results(tmp_path):
-    assert run.main(["--tiny", "--out", str(tmp_path)]) == 0
-    text = (tmp_path / "results.md").read_text()
+def test_tiny_run_writes_table_plots_and_finite_results(runs_home):
+    # No --out: the default folder under $ALIGN_RUNS; `runs_home` checks that nothing was
+    # written into experiments/.
+    out = runs_home / "overoptimization"
+    assert run.main(["--tiny"]) == 0
+    text = (out / "results.md").read_text()
     assert "## Claims" in text and "| pairs | kl_coef |" in text
     for name in run.PLOTS:
-        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    res = json.loads((tmp_path / "results.json").read_text())
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "results.json").read_text())
     mode = run.MODES["tiny"]
     assert set(res["proxies"]) == {str(p) for p in mode["pairs"]}
     n_points = int(math.log2(mode["bon_samples"])) + 1
