@@ -28,20 +28,15 @@ import ml_collections
 import numpy as np
 
 from align import atomic
+from align import settings as settings_lib
+from align.settings import Bound, ConfigError
+
+__all__ = ["Bound", "ConfigError"]
 
 ConfigDict = ml_collections.ConfigDict
 
 # The repository root, where `configs/` lives; config paths are also tried relative to it.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class ConfigError(ValueError):
-    """A bad config: the message names the key (or file) and what is wrong."""
-
-    def __init__(self, message: str, *, key: str | None = None, override: str | None = None):
-        super().__init__(message)
-        self.key = key  # the dotted config key at fault, when there is one
-        self.override = override  # the command-line override at fault, when there is one
 
 
 # ----------------------------------------------------------------------------- schema
@@ -59,11 +54,44 @@ CHOICES: dict[str, tuple] = {
     "online.scorer": ("gold", "reward_model", "preference_model"),
 }
 
+# Numeric ranges: every number in the schema outside `objective` has one (the objective's come
+# from its settings dataclass). A value outside fails before any compute, naming the key.
+_POS, _NONNEG, _COUNT, _UNIT = Bound(gt=0), Bound(ge=0), Bound(ge=1), Bound(ge=0, le=1)
+BOUNDS: dict[str, Bound] = {
+    "seed": _NONNEG,
+    "model.vocab_size": _NONNEG, "model.d_model": _COUNT, "model.n_layers": _COUNT,
+    "model.n_heads": _COUNT, "model.n_kv_heads": _COUNT, "model.d_ff": _COUNT,
+    "model.head_dim": _NONNEG, "model.max_len": _COUNT, "model.rope_theta": _POS,
+    "model.norm_eps": _POS, "model.init_std": _POS, "model.rope_scaling_factor": _POS,
+    "model.rope_low_freq_factor": _POS, "model.rope_high_freq_factor": _POS,
+    "model.rope_original_max_len": _COUNT,
+    "data.max_len": Bound(ge=2), "data.max_prompt_len": _COUNT, "data.batch_size": _COUNT,
+    "data.eval_batch_size": _COUNT, "data.vocab_size": Bound(ge=8), "data.pad_id": Bound(ge=-1),
+    "data.num_train": _COUNT, "data.num_test": _COUNT, "data.num_prompts": _COUNT,
+    "data.list_size": Bound(ge=2),
+    "task.seed": _NONNEG, "task.temperature": _NONNEG, "task.length_bias": Bound(),
+    "task.filler_bias": Bound(), "task.intransitive": _NONNEG,
+    "online.epochs": _COUNT, "online.minibatches": _COUNT, "online.max_new_tokens": _COUNT,
+    "online.temperature": _POS,
+    "optim.lr": _POS, "optim.warmup_steps": _NONNEG, "optim.decay_steps": _NONNEG,
+    "optim.min_lr_ratio": _UNIT, "optim.b1": Bound(ge=0, lt=1), "optim.b2": Bound(ge=0, lt=1),
+    "optim.eps": _POS, "optim.weight_decay": _NONNEG, "optim.grad_clip": _NONNEG,
+    "optim.accum_steps": _COUNT,
+    "train.steps": _COUNT, "train.log_every": _COUNT, "train.eval_every": _NONNEG,
+    "train.checkpoint_every": _COUNT, "train.keep_checkpoints": _COUNT,
+    "eval.num_batches": _COUNT, "eval.num_samples": _NONNEG, "eval.max_new_tokens": _COUNT,
+    "eval.temperature": _POS, "eval.top_k": _NONNEG, "eval.show_samples": _NONNEG,
+    "mesh.data": Bound(ge=-1), "mesh.fsdp": Bound(ge=-1), "mesh.tensor": Bound(ge=-1),
+    "distributed.num_processes": _NONNEG, "distributed.process_id": Bound(ge=-1),
+    "logprobs.chunk_size": _NONNEG,
+}
+
 # Sections whose keys are not fixed: path -> the type every value must have.
 _OPEN_SECTIONS: dict[str, type] = {"mesh.rules": str}
 
 OBJECTIVE_SCHEMAS: dict[str, ConfigDict] = {}
 _OBJECTIVE_CHOICES: dict[str, dict[str, tuple]] = {}
+_OBJECTIVE_BOUNDS: dict[str, dict[str, Bound]] = {}
 
 
 def default_config() -> ConfigDict:
@@ -171,6 +199,16 @@ def register_objective_schema(name: str, defaults: Mapping[str, Any], *,
                               f"is not among its choices {allowed}")
     OBJECTIVE_SCHEMAS[name] = ConfigDict(defaults)
     _OBJECTIVE_CHOICES[name] = {k: tuple(v) for k, v in (choices or {}).items()}
+    _OBJECTIVE_BOUNDS[name] = {}
+
+
+def register_objective_settings(name: str, settings_cls) -> None:
+    """Declares `objective.name = name`'s settings from its settings dataclass: the keys and
+    defaults, choices and numeric bounds of its fields (see align/settings.py)."""
+    bounds = settings_lib.bounds(settings_cls)
+    choices = {k: b.choices for k, b in bounds.items() if b.choices is not None}
+    register_objective_schema(name, settings_lib.schema(settings_cls), choices=choices)
+    _OBJECTIVE_BOUNDS[name] = {k: b for k, b in bounds.items() if b.choices is None}
 
 
 register_objective_schema("sft", {})
@@ -182,15 +220,13 @@ def objective_config(name: str, **settings: Any) -> ConfigDict:
 
 
 def _objective_schema(name: Any) -> dict:
-    """The registered defaults for an objective, importing `align.objectives.<name>` if needed."""
+    """The registered defaults for an objective (a ConfigError naming the valid ones if none)."""
     if not isinstance(name, str):
         raise ConfigError(f"config key 'objective.name' expects str, got {_show(name)}",
                           key="objective.name")
     if name not in OBJECTIVE_SCHEMAS:
-        # Objective modules register their settings when imported.
-        from align import objectives
-        objectives.registry()
-    if name not in OBJECTIVE_SCHEMAS:
+        # Objectives register their settings here when `align.objectives` is imported (the
+        # configs, the trainer and the CLI import it); this module imports no objective.
         known = sorted(OBJECTIVE_SCHEMAS)
         raise ConfigError(f"unknown objective {name!r} (config key 'objective.name')"
                           f"{_did_you_mean(name, known)}; valid: {', '.join(known)}",
@@ -211,8 +247,9 @@ def _did_you_mean(key: str, candidates: Sequence[str], prefix: str = "") -> str:
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
-def _check_value(path: str, value: Any, default: Any, choices: tuple | None) -> Any:
-    """The value converted to the default's type, or a ConfigError naming `path`."""
+def _check_value(path: str, value: Any, default: Any, choices: tuple | None,
+                 bound: Bound | None = None) -> Any:
+    """The value converted to the default's type and within its bound, or a ConfigError."""
     if isinstance(value, np.generic):
         value = value.item()
     expected = type(default)
@@ -235,6 +272,8 @@ def _check_value(path: str, value: Any, default: Any, choices: tuple | None) -> 
     if choices is not None and value not in choices:
         raise ConfigError(f"config key '{path}' must be one of {', '.join(map(str, choices))}; "
                           f"got {value!r}", key=path)
+    if bound is not None:
+        bound.check(path, value)
     return value
 
 
@@ -300,6 +339,12 @@ def _choices(path: str, schema: Mapping) -> tuple | None:
     return CHOICES.get(path)
 
 
+def _bound(path: str, schema: Mapping) -> Bound | None:
+    if path.startswith("objective.") and path != "objective.name":
+        return _OBJECTIVE_BOUNDS.get(schema["objective"]["name"], {}).get(path.split(".", 1)[1])
+    return BOUNDS.get(path)
+
+
 def _merge(values: Mapping, schema: Mapping, full: Mapping, section: str) -> dict:
     out = copy.deepcopy(dict(schema))
     prefix = f"{section}." if section else ""
@@ -319,7 +364,8 @@ def _merge(values: Mapping, schema: Mapping, full: Mapping, section: str) -> dic
                                   f"{', '.join(default)}), got {_show(value)}", key=path)
             out[key] = _merge(value, default, full, path)
         else:
-            out[key] = _check_value(path, value, default, _choices(path, full))
+            out[key] = _check_value(path, value, default, _choices(path, full),
+                                    _bound(path, full))
     return out
 
 
@@ -530,7 +576,8 @@ def apply_overrides(cfg: ConfigDict | Mapping, overrides: Sequence[str]) -> Conf
             value = parse_value(text)
             if isinstance(default, str) and not isinstance(value, str):
                 value = text.strip()  # "data.tfds_name=123" means the string
-            value = _check_value(path, value, default, _choices(path, schema))
+            value = _check_value(path, value, default, _choices(path, schema),
+                                 _bound(path, schema))
         except ConfigError as e:
             raise ConfigError(f"{e} (from override {override!r})", key=e.key,
                               override=override) from None

@@ -143,6 +143,7 @@ def run(cfg, workdir: str) -> str:
 def main(argv=None, prog: str = "python -m align.main") -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv, prog)
     from align import config as config_lib
+    from align import objectives  # noqa: F401  (registers their settings before configs load)
     try:
         cfg = config_lib.resolve(args.config, overrides)
     except config_lib.ConfigError as e:

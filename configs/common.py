@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from align import config as config_lib
+from align import objectives  # noqa: F401  (registers every objective's settings)
 
 # name -> (d_model, n_layers, n_heads, n_kv_heads, d_ff)
 MODEL_SIZES = {

@@ -38,6 +38,15 @@ TINY_DATA = ["--config.data.num_train=2048", "--config.data.num_test=256",
              "--config.data.num_prompts=256", "--config.eval.num_batches=1"]
 
 
+def lengths(prompt_len: int, new_tokens: int) -> list[str]:
+    """Overrides giving data and model one length, prompt + new tokens: demonstrations, pairs,
+    rollouts and samples then fit both, and reward models see sequences as long as they score."""
+    total = prompt_len + new_tokens
+    return [f"--config.data.max_prompt_len={prompt_len}", f"--config.data.max_len={total}",
+            f"--config.model.max_len={total}", f"--config.online.max_new_tokens={new_tokens}",
+            f"--config.eval.max_new_tokens={new_tokens}"]
+
+
 def parser(doc: str) -> argparse.ArgumentParser:
     """--quick, --seeds, --out and --publish, the flags every experiment takes."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],

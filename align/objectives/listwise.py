@@ -10,14 +10,15 @@ run over ordered pairs (i, j) of real items with psi_i > psi_j (tied labels make
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from align import config as config_lib
 from align import logprobs
 from align.objectives import base
+from align.settings import Settings, setting
 
 WEIGHTINGS = ("lambda", "constant", "constant_gain", "constant_discount")
 
@@ -265,15 +266,22 @@ def _loss(model, batch, obj_state, *, rng, loss_fn, beta, chunk_size):
                                  jax.lax.stop_gradient(logp_BxK), batch))
 
 
+@dataclasses.dataclass(frozen=True)
+class ListwiseSettings(Settings):
+    beta: float = setting(0.05, gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LipoLambdaSettings(ListwiseSettings):
+    weighting: str = setting("lambda", choices=WEIGHTINGS)
+    scale_by_list_size: bool = setting(False)
+
+
 def _make(name, config, *, chunk_size: int = 0) -> base.Objective:
-    beta = float(config.beta)
-    if not beta > 0:
-        raise ValueError(f"objective {name!r}: config key 'objective.beta' must be > 0, got {beta}")
+    config = SETTINGS[name].of(config)
+    beta = config.beta
     loss_fn = LOSSES[name]
     if name == "lipo_lambda":
-        if config.weighting not in WEIGHTINGS:
-            raise ValueError(f"objective {name!r}: config key 'objective.weighting' must be one of "
-                             f"{WEIGHTINGS}, got {config.weighting!r}")
         loss_fn = functools.partial(loss_fn, weighting=config.weighting,
                                     scale_by_list_size=bool(config.scale_by_list_size))
     return base.Objective(
@@ -284,11 +292,5 @@ def _make(name, config, *, chunk_size: int = 0) -> base.Objective:
 
 
 OBJECTIVES = {name: functools.partial(_make, name) for name in LOSSES}
-
-for _name in LOSSES:
-    if _name == "lipo_lambda":
-        config_lib.register_objective_schema(
-            _name, {"beta": 0.05, "weighting": "lambda", "scale_by_list_size": False},
-            choices={"weighting": WEIGHTINGS})
-    else:
-        config_lib.register_objective_schema(_name, {"beta": 0.05})
+SETTINGS = {name: LipoLambdaSettings if name == "lipo_lambda" else ListwiseSettings
+            for name in LOSSES}

@@ -12,18 +12,51 @@ reuses the offline maths (pairwise.py) and online_math.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from align import config as config_lib
 from align import logprobs
 from align.objectives import base, online_math, pairwise
+from align.settings import Settings, setting
 
 LABELS = ("soft", "hard")
 NASH_VARIANTS = ("exact", "trl")
 REF_TOKENS = "ref_chosen_token_logp"
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineDpoSettings(Settings):
+    beta: float = setting(0.1, gt=0)
+    labels: str = setting("hard", choices=LABELS)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineIpoSettings(Settings):
+    tau: float = setting(0.1, gt=0)
+    labels: str = setting("soft", choices=LABELS)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineSlicSettings(Settings):
+    beta: float = setting(0.1, gt=0)
+    labels: str = setting("hard", choices=LABELS)
+
+
+@dataclasses.dataclass(frozen=True)
+class IpoMdSettings(Settings):
+    tau: float = setting(0.1, gt=0)
+    mixture_beta: float = setting(0.125, ge=0, le=1)  # weight of the reference in the mixture
+    labels: str = setting("soft", choices=LABELS)
+
+
+@dataclasses.dataclass(frozen=True)
+class NashMdSettings(Settings):
+    tau: float = setting(0.1, gt=0)
+    mixture_beta: float = setting(0.125, ge=0, le=1)
+    variant: str = setting("exact", choices=NASH_VARIANTS)
 
 
 def _check_rollout(batch, name):
@@ -84,7 +117,8 @@ def _pairs_objective(name, *, chunk_size, loss_fn, soft, scale, mixture):
 
 def make_online_dpo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """Online DPO: two policy samples, the judge's winner, the DPO loss (not Nash-seeking)."""
-    beta = float(cfg.beta)
+    cfg = OnlineDpoSettings.of(cfg)
+    beta = cfg.beta
     return _pairs_objective("online_dpo", chunk_size=chunk_size,
                             loss_fn=functools.partial(pairwise.dpo_loss, beta=beta),
                             soft=cfg.labels == "soft", scale=beta, mixture=(0.0, 0.0))
@@ -92,7 +126,8 @@ def make_online_dpo(cfg, *, chunk_size: int = 0) -> base.Objective:
 
 def make_online_ipo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """Online IPO (Calandriello et al., arXiv 2403.08635): two policy samples, soft or hard labels."""
-    tau = float(cfg.tau)
+    cfg = OnlineIpoSettings.of(cfg)
+    tau = cfg.tau
     return _pairs_objective("online_ipo", chunk_size=chunk_size,
                             loss_fn=functools.partial(pairwise.ipo_loss, tau=tau),
                             soft=cfg.labels == "soft", scale=tau, mixture=(0.0, 0.0))
@@ -100,7 +135,8 @@ def make_online_ipo(cfg, *, chunk_size: int = 0) -> base.Objective:
 
 def make_online_slic(cfg, *, chunk_size: int = 0) -> base.Objective:
     """Online SLiC (the normalised hinge max(0, 1 − βz) of arXiv 2309.06657) on two policy samples."""
-    beta = float(cfg.beta)
+    cfg = OnlineSlicSettings.of(cfg)
+    beta = cfg.beta
     return _pairs_objective("online_slic", chunk_size=chunk_size,
                             loss_fn=functools.partial(pairwise.slic_norm_loss, beta=beta),
                             soft=cfg.labels == "soft", scale=beta, mixture=(0.0, 0.0))
@@ -108,7 +144,8 @@ def make_online_slic(cfg, *, chunk_size: int = 0) -> base.Objective:
 
 def make_ipo_md(cfg, *, chunk_size: int = 0) -> base.Objective:
     """IPO-MD(β) (arXiv 2403.08635): online IPO with both samples from the β-mixture."""
-    tau, beta = float(cfg.tau), float(cfg.mixture_beta)
+    cfg = IpoMdSettings.of(cfg)
+    tau, beta = cfg.tau, cfg.mixture_beta
     return _pairs_objective("ipo_md", chunk_size=chunk_size,
                             loss_fn=functools.partial(pairwise.ipo_loss, tau=tau),
                             soft=cfg.labels == "soft", scale=tau, mixture=(beta, beta))
@@ -155,7 +192,8 @@ def make_nash_md(cfg, *, chunk_size: int = 0) -> base.Objective:
     term as reward-to-go per token; variant="trl": TRL NashMDTrainer's surrogate (each token's
     own log-ratio, coefficient τ), for comparison with that library.
     """
-    tau, beta = float(cfg.tau), float(cfg.mixture_beta)
+    cfg = NashMdSettings.of(cfg)
+    tau, beta = cfg.tau, cfg.mixture_beta
     return base.Objective(
         name="nash_md", data="prompts", init=base.no_state,
         prepare=functools.partial(_prepare_nash, chunk_size=chunk_size),
@@ -164,18 +202,8 @@ def make_nash_md(cfg, *, chunk_size: int = 0) -> base.Objective:
         online=base.OnlineSpec(mixture=(0.0, beta), score="preference"))
 
 
-config_lib.register_objective_schema("online_dpo", {"beta": 0.1, "labels": "hard"},
-                                     choices={"labels": LABELS})
-config_lib.register_objective_schema("online_ipo", {"tau": 0.1, "labels": "soft"},
-                                     choices={"labels": LABELS})
-config_lib.register_objective_schema("online_slic", {"beta": 0.1, "labels": "hard"},
-                                     choices={"labels": LABELS})
-config_lib.register_objective_schema("ipo_md", {"tau": 0.1, "mixture_beta": 0.125,
-                                                "labels": "soft"}, choices={"labels": LABELS})
-config_lib.register_objective_schema("nash_md", {"tau": 0.1, "mixture_beta": 0.125,
-                                                 "variant": "exact"},
-                                     choices={"variant": NASH_VARIANTS})
-
+SETTINGS = {"online_dpo": OnlineDpoSettings, "online_ipo": OnlineIpoSettings,
+            "online_slic": OnlineSlicSettings, "ipo_md": IpoMdSettings, "nash_md": NashMdSettings}
 OBJECTIVES = {"online_dpo": make_online_dpo, "online_ipo": make_online_ipo,
               "online_slic": make_online_slic,
               "ipo_md": make_ipo_md, "nash_md": make_nash_md}

@@ -2,9 +2,9 @@
 
 Dimension letters: B pairs, T tokens (a forward pass sees 2B rows: chosen rows, then rejected).
 
-Notation (REFERENCE.md): S(y) is the summed completion log-prob, r = S_θ − S_ref the log-ratio,
-z = r_w − r_l for chosen y_w and rejected y_l. Layer 1 is the per-pair maths; layer 2 binds it
-to a pairs batch and a policy (`make_*`).
+Notation (docs/formulas.md): S(y) is the summed completion log-prob, r = S_θ − S_ref the
+log-ratio, z = r_w − r_l for chosen y_w and rejected y_l. Layer 1 is the per-pair maths; layer 2
+binds it to a pairs batch and a policy (`make_*`).
 
 Implicit rewards reported as metrics (`reward_chosen`, `reward_rejected`, and from them
 `accuracy`, `margin`, `gold_agreement`):
@@ -15,6 +15,7 @@ Implicit rewards reported as metrics (`reward_chosen`, `reward_rejected`, and fr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import numbers
@@ -23,9 +24,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from align import config as config_lib
 from align import logprobs
 from align.objectives import base
+from align.settings import Settings, setting
 
 PAIR_FIELDS = tuple(f"{side}_{field}" for side in ("chosen", "rejected")
                     for field in ("tokens", "input_mask", "loss_mask"))
@@ -268,42 +269,6 @@ def _objective(name: str, terms_fn: TermsFn, *, uses_reference: bool, chunk_size
                           needs=("reference",) if uses_reference else (), model="lm")
 
 
-def _setting(cfg, key: str, *, low: float | None = None, high: float | None = None,
-             low_open: bool = False, high_open: bool = False) -> float:
-    """cfg[key] as a float within bounds, or a ConfigError naming objective.<key>."""
-    name = cfg.get("name", "?")
-    if key not in cfg:
-        raise config_lib.ConfigError(
-            f"objective {name!r} needs setting 'objective.{key}' (build the section with "
-            f"align.config.objective_config({name!r}))", key=f"objective.{key}")
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise config_lib.ConfigError(f"objective.{key} must be a number, got {value!r}",
-                                     key=f"objective.{key}")
-    value = float(value)
-    bounds = []
-    if low is not None:
-        bounds.append(f"{'>' if low_open else '>='} {low:g}")
-    if high is not None:
-        bounds.append(f"{'<' if high_open else '<='} {high:g}")
-    ok = (math.isfinite(value)
-          and (low is None or (value > low if low_open else value >= low))
-          and (high is None or (value < high if high_open else value <= high)))
-    if not ok:
-        raise config_lib.ConfigError(
-            f"objective.{key} = {value:g} is out of range for {name!r}: must be finite"
-            + "".join(f", {b}" for b in bounds), key=f"objective.{key}")
-    return value
-
-
-def _choice(cfg, key: str, allowed: tuple[str, ...]) -> str:
-    value = cfg.get(key)
-    if value not in allowed:
-        raise config_lib.ConfigError(f"objective.{key} must be one of {allowed}, got {value!r}",
-                                     key=f"objective.{key}")
-    return value
-
-
 def _dpo_terms(lp: PairLogps, *, beta):
     r_w_B, r_l_B = lp.logratios()
     return dpo_loss(r_w_B, r_l_B, beta=beta), beta * r_w_B, beta * r_l_B
@@ -353,79 +318,116 @@ def _orpo_terms(lp: PairLogps, *, lam):
     return orpo_loss(avg_w_B, avg_l_B, lam=lam), orpo_log_odds(avg_w_B), orpo_log_odds(avg_l_B)
 
 
+@dataclasses.dataclass(frozen=True)
+class DpoSettings(Settings):
+    beta: float = setting(0.1, gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CdpoSettings(Settings):
+    beta: float = setting(0.1, gt=0)
+    label_smoothing: float = setting(0.1, ge=0, le=0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustDpoSettings(Settings):
+    beta: float = setting(0.1, gt=0)
+    label_smoothing: float = setting(0.1, ge=0, lt=0.5)  # 1/(1 − 2ε) is infinite at 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class IpoSettings(Settings):
+    tau: float = setting(0.1, gt=0)
+    normalize: str = setting("sum", choices=IPO_NORMALIZE)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlicHfSettings(Settings):
+    delta: float = setting(1.0, ge=0)
+    lam: float = setting(0.1, ge=0)
+    target: str = setting("chosen", choices=SLIC_TARGETS)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpoSettings(Settings):
+    beta: float = setting(2.0, gt=0)
+    gamma: float = setting(0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class CpoSettings(Settings):
+    beta: float = setting(0.1, gt=0)
+    nll_weight: float = setting(1.0, ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class OrpoSettings(Settings):
+    lam: float = setting(0.1, ge=0)
+
+
 def make_dpo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """DPO (arXiv 2305.18290) on pairs with a frozen reference."""
-    terms = functools.partial(_dpo_terms, beta=_setting(cfg, "beta", low=0, low_open=True))
+    terms = functools.partial(_dpo_terms, beta=DpoSettings.of(cfg).beta)
     return _objective("dpo", terms, uses_reference=True, chunk_size=chunk_size)
 
 
 def make_cdpo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """Conservative DPO (label smoothing ε, arXiv 2305.18290 follow-up note)."""
-    terms = functools.partial(_cdpo_terms, beta=_setting(cfg, "beta", low=0, low_open=True),
-                              label_smoothing=_setting(cfg, "label_smoothing", low=0, high=0.5))
+    s = CdpoSettings.of(cfg)
+    terms = functools.partial(_cdpo_terms, beta=s.beta, label_smoothing=s.label_smoothing)
     return _objective("cdpo", terms, uses_reference=True, chunk_size=chunk_size)
 
 
 def make_robust_dpo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """Robust DPO under label noise ε (arXiv 2403.00409)."""
-    eps = _setting(cfg, "label_smoothing", low=0, high=0.5, high_open=True)
-    terms = functools.partial(_robust_dpo_terms,
-                              beta=_setting(cfg, "beta", low=0, low_open=True), label_smoothing=eps)
+    s = RobustDpoSettings.of(cfg)
+    terms = functools.partial(_robust_dpo_terms, beta=s.beta, label_smoothing=s.label_smoothing)
     return _objective("robust_dpo", terms, uses_reference=True, chunk_size=chunk_size)
 
 
 def make_ipo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """IPO (arXiv 2310.12036); normalize="mean" uses per-token log-ratios as TRL's DPO trainer."""
-    terms = functools.partial(_ipo_terms, tau=_setting(cfg, "tau", low=0, low_open=True),
-                              normalize=_choice(cfg, "normalize", IPO_NORMALIZE))
+    s = IpoSettings.of(cfg)
+    terms = functools.partial(_ipo_terms, tau=s.tau, normalize=s.normalize)
     return _objective("ipo", terms, uses_reference=True, chunk_size=chunk_size)
 
 
 def make_slic_hf(cfg, *, chunk_size: int = 0) -> base.Objective:
     """SLiC-HF (arXiv 2305.10425), regularised towards the chosen response (target="chosen")."""
-    _choice(cfg, "target", SLIC_TARGETS)
-    terms = functools.partial(_slic_hf_terms, delta=_setting(cfg, "delta", low=0),
-                              lam=_setting(cfg, "lam", low=0))
+    s = SlicHfSettings.of(cfg)
+    terms = functools.partial(_slic_hf_terms, delta=s.delta, lam=s.lam)
     return _objective("slic_hf", terms, uses_reference=False, chunk_size=chunk_size)
 
 
 def make_slic_norm(cfg, *, chunk_size: int = 0) -> base.Objective:
     """SLiC on reference-normalised log-probs, RSO's hinge (arXiv 2309.06657)."""
-    terms = functools.partial(_slic_norm_terms, beta=_setting(cfg, "beta", low=0, low_open=True))
+    terms = functools.partial(_slic_norm_terms, beta=DpoSettings.of(cfg).beta)
     return _objective("slic_norm", terms, uses_reference=True, chunk_size=chunk_size)
 
 
 def make_simpo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """SimPO (arXiv 2405.14734): reference-free, length-normalised, with a reward margin γ."""
-    terms = functools.partial(_simpo_terms, beta=_setting(cfg, "beta", low=0, low_open=True),
-                              gamma=_setting(cfg, "gamma"))
+    s = SimpoSettings.of(cfg)
+    terms = functools.partial(_simpo_terms, beta=s.beta, gamma=s.gamma)
     return _objective("simpo", terms, uses_reference=False, chunk_size=chunk_size)
 
 
 def make_cpo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """CPO (arXiv 2401.08417): reference-free DPO plus an NLL term on the chosen response."""
-    terms = functools.partial(_cpo_terms, beta=_setting(cfg, "beta", low=0, low_open=True),
-                              nll_weight=_setting(cfg, "nll_weight", low=0))
+    s = CpoSettings.of(cfg)
+    terms = functools.partial(_cpo_terms, beta=s.beta, nll_weight=s.nll_weight)
     return _objective("cpo", terms, uses_reference=False, chunk_size=chunk_size)
 
 
 def make_orpo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """ORPO (arXiv 2403.07691): token-mean NLL plus λ times an odds-ratio preference term."""
-    terms = functools.partial(_orpo_terms, lam=_setting(cfg, "lam", low=0))
+    terms = functools.partial(_orpo_terms, lam=OrpoSettings.of(cfg).lam)
     return _objective("orpo", terms, uses_reference=False, chunk_size=chunk_size)
 
 
-config_lib.register_objective_schema("dpo", {"beta": 0.1})
-config_lib.register_objective_schema("cdpo", {"beta": 0.1, "label_smoothing": 0.1})
-config_lib.register_objective_schema("robust_dpo", {"beta": 0.1, "label_smoothing": 0.1})
-config_lib.register_objective_schema("ipo", {"tau": 0.1, "normalize": "sum"},
-                                     choices={"normalize": IPO_NORMALIZE})
-config_lib.register_objective_schema("slic_hf", {"delta": 1.0, "lam": 0.1, "target": "chosen"},
-                                     choices={"target": SLIC_TARGETS})
-config_lib.register_objective_schema("slic_norm", {"beta": 0.1})
-config_lib.register_objective_schema("simpo", {"beta": 2.0, "gamma": 0.5})
-config_lib.register_objective_schema("cpo", {"beta": 0.1, "nll_weight": 1.0})
-config_lib.register_objective_schema("orpo", {"lam": 0.1})
+SETTINGS = {"dpo": DpoSettings, "cdpo": CdpoSettings, "robust_dpo": RobustDpoSettings,
+            "ipo": IpoSettings, "slic_hf": SlicHfSettings, "slic_norm": DpoSettings,
+            "simpo": SimpoSettings, "cpo": CpoSettings, "orpo": OrpoSettings}
 
 OBJECTIVES = {
     "dpo": make_dpo,

@@ -24,14 +24,16 @@ sampler, not here; there is no entropy bonus (neither TRL nor OpenRLHF use one b
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from align import config as config_lib
 from align import logprobs
+from align import settings as settings_lib
 from align.objectives import base, ppo_math
+from align.settings import Settings, setting
 
 ROLLOUT_FIELDS = ("tokens", "input_mask", "loss_mask", "score")
 PREPARED = ("old_logp", "old_values", "advantages", "returns", "value_mask")
@@ -145,34 +147,41 @@ def _update_state(obj_state, stats, *, s):
     return {**obj_state, "kl_coef": coef}
 
 
-DEFAULTS = {
-    "critic": "head",  # "head": a value head on the policy trunk; "separate": its own trunk
-    "gamma": 1.0, "lam": 0.95, "clip_eps": 0.2,
-    "value_clip": 0.2,  # 0 = an unclipped value loss
-    "vf_coef": 0.1,
-    "score_position": "last",  # or "after_eos" (TRL)
-    "whiten_advantages": True, "whiten_unbiased": False, "whiten_rewards": False,
-    "kl_kind": "k1", "kl_coef": 0.2,
-    "kl_target": 6.0,  # nats per completion; 0 = a fixed kl_coef
-    "kl_horizon": 10000,
-    "missing_eos_penalty": 0.0,  # subtracted from the score of a completion cut before eos
-}
+@dataclasses.dataclass(frozen=True)
+class PpoSettings(Settings):
+    # "head": a value head on the policy trunk; "separate": its own trunk.
+    critic: str = setting("head", choices=("head", "separate"))
+    gamma: float = setting(1.0, ge=0, le=1)
+    lam: float = setting(0.95, ge=0, le=1)
+    clip_eps: float = setting(0.2, ge=0)
+    value_clip: float = setting(0.2, ge=0)  # 0 = an unclipped value loss
+    vf_coef: float = setting(0.1, ge=0)
+    score_position: str = setting("last", choices=ppo_math.SCORE_POSITIONS)  # "after_eos": TRL
+    whiten_advantages: bool = setting(True)
+    whiten_unbiased: bool = setting(False)
+    whiten_rewards: bool = setting(False)
+    kl_kind: str = setting("k1", choices=ppo_math.KL_KINDS)
+    kl_coef: float = setting(0.2, ge=0)
+    kl_target: float = setting(6.0, ge=0)  # nats per completion; 0 = a fixed kl_coef
+    kl_horizon: int = setting(10000, ge=1)
+    # Subtracted from the score of a completion cut before eos.
+    missing_eos_penalty: float = setting(0.0, ge=0)
+
+
+DEFAULTS = settings_lib.schema(PpoSettings)
 
 
 def make_ppo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """PPO with GAE, clipped policy and value losses and a fixed or adaptive KL penalty.
 
-    Defaults follow REFERENCE.md (Stiennon et al. / Ziegler et al.): γ 1, λ 0.95, ε 0.2, value
-    clip 0.2, score at the last completion token, k1 KL, adaptive coefficient 0.2 → 6 nats.
+    Defaults follow the papers (Stiennon et al. / Ziegler et al.; docs/formulas.md): γ 1, λ 0.95,
+    ε 0.2, value clip 0.2, score at the last completion token, k1 KL, adaptive coefficient
+    0.2 → 6 nats.
     TRL: score_position="after_eos", whiten_unbiased=True, kl_coef=0.05, kl_target=0.
     OpenRLHF / verl: lam=1, value_clip=0.5, critic="separate", kl_coef=0.01 (verl 0.001),
     kl_target=0.
     """
-    s = {k: cfg[k] for k in DEFAULTS}
-    for key in ("gamma", "lam", "clip_eps", "value_clip", "vf_coef", "kl_coef", "kl_target",
-                "kl_horizon", "missing_eos_penalty"):
-        if s[key] < 0:
-            raise ValueError(f"objective.{key} must be >= 0, got {s[key]}")
+    s = dataclasses.asdict(PpoSettings.of(cfg))
     init_coef = float(s["kl_coef"])
     return base.Objective(
         name="ppo", data="prompts",
@@ -184,9 +193,6 @@ def make_ppo(cfg, *, chunk_size: int = 0) -> base.Objective:
         online=base.OnlineSpec(mixture=(0.0,), score="reward"))
 
 
-config_lib.register_objective_schema(
-    "ppo", DEFAULTS, choices={"critic": ("head", "separate"),
-                              "score_position": ppo_math.SCORE_POSITIONS,
-                              "kl_kind": ppo_math.KL_KINDS})
+SETTINGS = {"ppo": PpoSettings}
 
 OBJECTIVES = {"ppo": make_ppo}

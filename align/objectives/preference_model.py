@@ -8,13 +8,14 @@ and can be intransitive; online objectives (Nash-MD, online IPO) score samples w
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from align import config as config_lib
 from align.objectives import base
+from align.settings import Settings, setting
 from align.objectives.reward_model import check_pairs, gold_agreement
 
 
@@ -47,19 +48,27 @@ def _loss(model, batch, obj_state, *, rng, pref_dim):
     return base.LossOut(jnp.sum(loss_B), n, metrics)
 
 
+@dataclasses.dataclass(frozen=True)
+class PreferenceModelSettings(Settings):
+    # Width M of the embedding e(y) in the skew-symmetric term; even (see PreferenceModel).
+    pref_dim: int = setting(8, ge=2)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.pref_dim % 2:
+            raise ValueError(f"objective.pref_dim must be a positive even int, got {self.pref_dim}")
+
+
 def make(cfg, *, chunk_size: int = 0) -> base.Objective:
     """The pairwise preference model as an Objective; pref_dim sizes the model it trains."""
     del chunk_size  # the heads have no vocabulary to chunk
-    pref_dim = cfg.get("pref_dim", 8)
-    if isinstance(pref_dim, bool) or not isinstance(pref_dim, int) or pref_dim <= 0 or pref_dim % 2:
-        raise ValueError(f"objective.pref_dim must be a positive even int, got {pref_dim!r}")
+    pref_dim = PreferenceModelSettings.of(cfg).pref_dim
     return base.Objective(
         name="preference_model", data="pairs", init=base.no_state, prepare=base.no_prepare,
         loss=functools.partial(_loss, pref_dim=pref_dim), update_state=base.keep_state,
         needs=(), model="preference")
 
 
-# pref_dim: width M of the embedding e(y) in the skew-symmetric term; even (see PreferenceModel).
-config_lib.register_objective_schema("preference_model", {"pref_dim": 8})
+SETTINGS = {"preference_model": PreferenceModelSettings}
 
 OBJECTIVES = {"preference_model": make}

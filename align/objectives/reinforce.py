@@ -19,14 +19,30 @@ epoch and one minibatch is plain REINFORCE (the ratio is 1).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
 
-from align import config as config_lib
 from align import logprobs
 from align.objectives import base, online_math, ppo, ppo_math
+from align.settings import Settings, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class RlooSettings(Settings):
+    # TRL's RLOOTrainer: k = 4 samples, KL coefficient 0.05.
+    samples: int = setting(4, ge=1)  # >= 2 is checked in make, where the reason can be said
+    kl_coef: float = setting(0.05, ge=0)
+    clip_eps: float = setting(0.2, ge=0)
+    missing_eos_penalty: float = setting(0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpoSettings(RlooSettings):
+    # GRPO's paper: β = 0.04, ε = 0.2.
+    kl_coef: float = setting(0.04, ge=0)
 
 PREPARED = ("old_logp", "ref_logp", "advantages")
 
@@ -84,7 +100,8 @@ def _loss(model, batch, obj_state, *, rng, name, kl_coef, clip_eps, chunk_size):
 
 
 def _make(name, cfg, *, chunk_size: int = 0) -> base.Objective:
-    samples, kl_coef = int(cfg.samples), float(cfg.kl_coef)
+    cfg = SETTINGS[name].of(cfg)
+    samples, kl_coef = cfg.samples, cfg.kl_coef
     if samples < 2:
         raise ValueError(f"objective.samples must be >= 2 (a group baseline needs other "
                          f"samples), got {samples}")
@@ -101,10 +118,6 @@ def _make(name, cfg, *, chunk_size: int = 0) -> base.Objective:
         online=base.OnlineSpec(mixture=(0.0,) * samples, score="reward"))
 
 
-# TRL's RLOOTrainer: k = 4 samples, KL coefficient 0.05; GRPO's paper: β = 0.04, ε = 0.2.
-config_lib.register_objective_schema("rloo", {"samples": 4, "kl_coef": 0.05, "clip_eps": 0.2,
-                                              "missing_eos_penalty": 0.0})
-config_lib.register_objective_schema("grpo", {"samples": 4, "kl_coef": 0.04, "clip_eps": 0.2,
-                                              "missing_eos_penalty": 0.0})
+SETTINGS = {"rloo": RlooSettings, "grpo": GrpoSettings}
 
 OBJECTIVES = {"rloo": functools.partial(_make, "rloo"), "grpo": functools.partial(_make, "grpo")}

@@ -9,6 +9,7 @@ reference completions score 0 on average: `reward_offset` computes that shift.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, Iterable, Mapping
 
@@ -16,9 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from align import config as config_lib
 from align.models.heads import last_token_value
 from align.objectives import base
+from align.settings import Settings, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModelSettings(Settings):
+    # Weight of (r_w + r_l)² added to each pair's loss; 0 leaves the BT loss alone.
+    center_coef: float = setting(0.0, ge=0)
 
 PAIR_KEYS = ("chosen_tokens", "chosen_input_mask", "rejected_tokens", "rejected_input_mask")
 
@@ -112,16 +119,13 @@ def _loss(model, batch, obj_state, *, rng, center_coef):
 def make(cfg, *, chunk_size: int = 0) -> base.Objective:
     """The Bradley–Terry reward model as an Objective (arXiv 2009.01325)."""
     del chunk_size  # a scalar head has no vocabulary to chunk
-    center_coef = float(cfg.get("center_coef", 0.0))
-    if not np.isfinite(center_coef) or center_coef < 0:
-        raise ValueError(f"objective.center_coef must be a finite number >= 0, got {center_coef}")
+    center_coef = RewardModelSettings.of(cfg).center_coef
     return base.Objective(
         name="reward_model", data="pairs", init=base.no_state, prepare=base.no_prepare,
         loss=functools.partial(_loss, center_coef=center_coef), update_state=base.keep_state,
         needs=(), model="scalar")
 
 
-# center_coef: weight of (r_w + r_l)² added to each pair's loss; 0 leaves the BT loss alone.
-config_lib.register_objective_schema("reward_model", {"center_coef": 0.0})
+SETTINGS = {"reward_model": RewardModelSettings}
 
 OBJECTIVES = {"reward_model": make}

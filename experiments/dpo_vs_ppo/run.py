@@ -45,10 +45,7 @@ PLOT = "frontier.png"
 # rollouts, samples) must fit both the data and the model, so both lengths come from here.
 PROMPT_LEN = 24
 NEW_TOKENS = 48
-MAX_LEN = PROMPT_LEN + NEW_TOKENS
-LENGTHS = [f"--config.data.max_prompt_len={PROMPT_LEN}", f"--config.data.max_len={MAX_LEN}",
-           f"--config.model.max_len={MAX_LEN}", f"--config.online.max_new_tokens={NEW_TOKENS}",
-           f"--config.eval.max_new_tokens={NEW_TOKENS}"]
+LENGTHS = harness.lengths(PROMPT_LEN, NEW_TOKENS)
 
 # Steps per run and evaluations per run for each mode; the quick mode's runs are the full
 # protocol's seed-0 runs at the extreme settings (so a full run reuses them).

@@ -55,10 +55,7 @@ NASH_LR = 1e-3
 # share one length, so labelled pairs are scored whole and rollouts fit what the models saw.
 PROMPT_LEN = 24
 NEW_TOKENS = 48
-MAX_LEN = PROMPT_LEN + NEW_TOKENS
-LENGTHS = [f"--config.data.max_prompt_len={PROMPT_LEN}", f"--config.data.max_len={MAX_LEN}",
-           f"--config.model.max_len={MAX_LEN}", f"--config.online.max_new_tokens={NEW_TOKENS}",
-           f"--config.eval.max_new_tokens={NEW_TOKENS}"]
+LENGTHS = harness.lengths(PROMPT_LEN, NEW_TOKENS)
 
 MODES = {
     # steps of each stage, labelled pairs, held-out prompts x samples for the head-to-heads,

@@ -58,16 +58,13 @@ FRONTIER_TOLERANCE = 0.1
 # share one length, so the proxies train on sequences as long as the rollouts they score.
 PROMPT_LEN = 24
 NEW_TOKENS = 48
-MAX_LEN = PROMPT_LEN + NEW_TOKENS
 
 
 # ----------------------------------------------------------------------------- runs
 
 def common_overrides(out: str, tiny: bool) -> list[str]:
     base = [f"--config.data.data_dir={os.path.join(out, 'data')}",
-            f"--config.data.max_prompt_len={PROMPT_LEN}", f"--config.data.max_len={MAX_LEN}",
-            f"--config.model.max_len={MAX_LEN}", f"--config.online.max_new_tokens={NEW_TOKENS}",
-            f"--config.eval.max_new_tokens={NEW_TOKENS}"]
+            *harness.lengths(PROMPT_LEN, NEW_TOKENS)]
     return (list(harness.TINY_DATA) if tiny else []) + base
 
 
