@@ -203,3 +203,24 @@ def test_the_align_command_lists_its_commands(capsys):
     with pytest.raises(SystemExit) as e:
         main_lib.cli(["best-of-n", "--help"])
     assert e.value.code == 0 and "align best-of-n" in capsys.readouterr().out
+
+
+def test_the_python_api_loads_a_finished_run_and_generates(finished, monkeypatch):
+    from align import api
+    monkeypatch.chdir(finished)
+    # Training a finished run through the API does nothing and returns its report.
+    report = api.train(os.path.join(ROOT, SPEC), "runs/sft", TINY)
+    assert report == (finished / "runs" / "sft" / "report.md").read_text()
+    run = api.load("runs/sft")
+    assert run.step == 6 and run.cfg.objective.name == "sft" and run.kind == "lm"
+    prompts = ["review the kettle :", "review the lamp , mainly the switch :", "review the fan :"]
+    texts = run.generate(prompts, max_new_tokens=8, seed=1)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert run.generate(prompts, max_new_tokens=8, seed=1) == texts  # same seed, same texts
+    assert run.generate(prompts, max_new_tokens=8, seed=2) != texts
+    with pytest.raises(config_lib.ConfigError, match="max_new_tokens"):
+        run.generate(prompts, max_new_tokens=1000)
+    with pytest.raises(TypeError, match="list of prompts"):
+        run.generate("review the kettle :")
+    with pytest.raises(FileNotFoundError, match="no run"):
+        api.load("runs/none")

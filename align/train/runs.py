@@ -68,12 +68,33 @@ class Run(NamedTuple):
         return self.latest_step is not None and self.latest_step >= self.cfg.train.steps
 
     @property
+    def parent(self) -> "Run | None":
+        """The run this one started from (init.workdir), or None."""
+        path = self.cfg.init.workdir
+        if not path:
+            return None
+        # Configs written before paths were made absolute held it relative to this workdir.
+        return read_run(path if os.path.isabs(path) else os.path.join(self.workdir, path))
+
+    @property
     def data_dir(self) -> str:
-        return self.cfg.data.data_dir or os.path.join(self.workdir, "data")
+        """Where its datasets are: its own data.data_dir, else those of the run it started from
+        (a chained run reads its parent's data), else WORKDIR/data."""
+        if self.cfg.data.data_dir:
+            return self.cfg.data.data_dir
+        parent = self.parent
+        return parent.data_dir if parent is not None else os.path.join(self.workdir, "data")
 
     @property
     def tokenizer_path(self) -> str:
-        return tokenizer_path(self.cfg) or os.path.join(self.data_dir, "tokenizer.model")
+        """Its tokenizer, found the way the trainer found it (through the runs it started from)."""
+        own = tokenizer_path(self.cfg)
+        if own:
+            return own
+        parent = self.parent
+        if parent is not None:
+            return parent.tokenizer_path
+        return os.path.join(self.data_dir, "tokenizer.model")
 
 
 def pretrained_dir(cfg) -> str:

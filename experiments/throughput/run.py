@@ -182,8 +182,12 @@ def main(argv=None) -> int:
     p.add_argument("--in_process", action="store_true",
                    help="measure all sizes in this process (default: one subprocess per size, so "
                         "each size's peak memory is its own)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: the smallest size, 2 timed steps")
     p.add_argument("--json_only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.steps = args.sizes.split(",")[0], min(args.steps, 2)
     sizes = parse_sizes(p, args.sizes)
     device, peak = start(args.dtype, quiet=args.json_only)
     rows = []
