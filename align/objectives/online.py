@@ -40,12 +40,6 @@ class OnlineIpoSettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineSlicSettings(Settings):
-    beta: float = setting(0.1, gt=0)
-    labels: str = setting("hard", choices=LABELS)
-
-
-@dataclasses.dataclass(frozen=True)
 class IpoMdSettings(Settings):
     tau: float = setting(0.1, gt=0)
     mixture_beta: float = setting(0.125, ge=0, le=1)  # weight of the reference in the mixture
@@ -135,7 +129,7 @@ def make_online_ipo(cfg, *, chunk_size: int = 0) -> base.Objective:
 
 def make_online_slic(cfg, *, chunk_size: int = 0) -> base.Objective:
     """Online SLiC (the normalised hinge max(0, 1 − βz) of arXiv 2309.06657) on two policy samples."""
-    cfg = OnlineSlicSettings.of(cfg)
+    cfg = OnlineDpoSettings.of(cfg)  # the same settings: β and hard labels
     beta = cfg.beta
     return _pairs_objective("online_slic", chunk_size=chunk_size,
                             loss_fn=functools.partial(pairwise.slic_norm_loss, beta=beta),
@@ -203,7 +197,7 @@ def make_nash_md(cfg, *, chunk_size: int = 0) -> base.Objective:
 
 
 SETTINGS = {"online_dpo": OnlineDpoSettings, "online_ipo": OnlineIpoSettings,
-            "online_slic": OnlineSlicSettings, "ipo_md": IpoMdSettings, "nash_md": NashMdSettings}
+            "online_slic": OnlineDpoSettings, "ipo_md": IpoMdSettings, "nash_md": NashMdSettings}
 OBJECTIVES = {"online_dpo": make_online_dpo, "online_ipo": make_online_ipo,
               "online_slic": make_online_slic,
               "ipo_md": make_ipo_md, "nash_md": make_nash_md}
