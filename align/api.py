@@ -20,10 +20,11 @@ import jax
 import numpy as np
 
 from align import config as config_lib
+from align import main as main_lib
 from align import mesh as mesh_lib
-from align import objectives  # noqa: F401  (registers the objectives' settings)
+from align import samples as policy_eval
 from align.data import pipeline, sources
-from align.evaluate import policy as policy_eval
+from align.models import specs
 from align.train import runs
 from align.train import state as state_lib
 
@@ -33,7 +34,6 @@ def train(config: str, workdir: str, overrides: Sequence[str] = ()) -> str:
 
     overrides: "a.b=v" or "--config.a.b=v" strings. A finished run is not trained again.
     """
-    from align import main as main_lib
     cfg = config_lib.resolve(config, [o if o.startswith("--") else f"--config.{o}"
                                       for o in overrides])
     return main_lib.run(cfg, workdir)
@@ -47,21 +47,31 @@ class LoadedRun:
     cfg: Any  # the run's validated config
     step: int
     params: Any  # the trained module's parameters (a pure dict of arrays)
-    kind: str  # the trained module's kind ("lm", "lm_value", "scalar", "preference")
+    spec: specs.ModelSpec  # the trained module ("lm", "lm_value", "scalar", "preference")
     tokenizer: Any
     mesh: Any
     model_cfg: Any
 
     @property
+    def kind(self) -> str:
+        return self.spec.name
+
+    @property
     def lm_params(self):
         """The language model's parameters inside the trained module."""
-        return runs.lm_params(self.params, self.kind)
+        if self.spec.language_model is None:
+            raise ValueError(f"{self.workdir} trained a {self.kind!r} model, which holds no "
+                             "language model")
+        return self.spec.language_model(self.params)
+
+    @property
+    def _lm_def(self):
+        return state_lib.describe(specs.language_model().make_fn(self.model_cfg))
 
     @property
     def model(self):
         """The language model as an NNX module with the run's parameters (call it on tokens)."""
-        lm_def = state_lib.describe(runs.model_fn("lm", self.model_cfg, self.cfg.objective))
-        return state_lib.bind(lm_def, self.lm_params)
+        return state_lib.bind(self._lm_def, self.lm_params)
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_k: int | None = None,
@@ -85,7 +95,7 @@ class LoadedRun:
         rows += [rows[0]] * (-n % width)
         batch = {k: np.stack([r[k] for r in rows]) for k in ("prompt_tokens", "prompt_mask")}
         batch["example_id"] = np.arange(len(rows), dtype=np.int32)
-        lm_def = state_lib.describe(runs.model_fn("lm", self.model_cfg, self.cfg.objective))
+        lm_def = self._lm_def
 
         def fn(p, b, key):
             return policy_eval.sample_fn(
@@ -112,7 +122,7 @@ def load(workdir: str, *, devices=None) -> LoadedRun:
         raise FileNotFoundError(f"{workdir} holds no run with a checkpoint")
     # Parameters are replicated over the data axis, whatever mesh the run trained on.
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
-    params, kind, step = runs.final_params(run, mesh, mesh_lib.logical_rules(run.cfg.mesh.rules))
+    spec, params, step = runs.final_params(run, mesh, mesh_lib.logical_rules(run.cfg.mesh.rules))
     tokenizer = sources.load_tokenizer(run.tokenizer_path)
-    return LoadedRun(workdir=workdir, cfg=run.cfg, step=int(step), params=params, kind=kind,
+    return LoadedRun(workdir=workdir, cfg=run.cfg, step=int(step), params=params, spec=spec,
                      tokenizer=tokenizer, mesh=mesh, model_cfg=run.model_cfg)

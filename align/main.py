@@ -15,6 +15,12 @@ import sys
 import numpy as np
 
 from align import atomic
+from align import config as config_lib
+from align import errors
+from align import objectives  # registers every objective's settings before configs load
+from align.evaluate import best_of_n
+from align.train import evaluation, loop, runs
+from align.train import setup as setup_lib
 
 REPORT_FILE = "report.md"
 
@@ -40,7 +46,7 @@ def _pm(mean, se) -> str:
     return f"{mean:+.3f} ± {1.96 * se:.3f}"
 
 
-def report(cfg, trainer, result) -> str:
+def report(cfg, setup, result) -> str:
     """A short Markdown report of the run (intervals are 95%, from standard errors)."""
     ev = result["eval"]
     lines = [f"# {cfg.objective.name}: {result['step']} steps", ""]
@@ -50,8 +56,8 @@ def report(cfg, trainer, result) -> str:
         if name in ev:
             lines.append(f"- held-out {name.replace('_', ' ')}: {ev[name]:.3f}")
     if "sample_gold_reward" in ev:
-        n = len(trainer.last_samples.get("completions", []))
-        demo = trainer.demo_gold
+        n = len(result["samples"].get("completions", []))
+        demo = evaluation.demo_gold(setup)
         lines.append(f"- gold reward of {n} samples: "
                      f"{_pm(ev['sample_gold_reward'], ev['sample_gold_reward_se'])}")
         if "reference_gold_reward" in ev:
@@ -64,13 +70,13 @@ def report(cfg, trainer, result) -> str:
         if "kl" in ev:
             lines.append(f"- KL(policy ‖ reference), nats per sequence: "
                          f"{ev['kl']:.2f} ± {1.96 * ev['kl_se']:.2f}")
-        if trainer.parent is None:
+        if setup.parent is None:
             lines.append(f"- gold reward of the untrained policy's samples: "
-                         f"{trainer.initial_gold:+.3f}")
+                         f"{evaluation.initial_gold(setup.workdir):+.3f}")
     if "reward_offset" in result:
         lines.append(f"- reward offset (mean raw reward of the demonstrations, subtracted): "
-                     f"{result['reward_offset']:+.4f}")
-    samples = trainer.last_samples
+                     f"{result['reward_offset']['offset']:+.4f}")
+    samples = result["samples"]
     if samples and cfg.eval.show_samples:
         lines += ["", "Samples (prompt -> completion [gold reward]):", ""]
         golds = samples.get("gold", [np.nan] * len(samples["prompts"]))
@@ -82,7 +88,6 @@ def report(cfg, trainer, result) -> str:
 
 def finished_report(cfg, workdir: str) -> str | None:
     """The report of a run in `workdir` that has reached cfg.train.steps, or None."""
-    from align.train import runs
     run = runs.read_run(workdir)
     path = os.path.join(workdir, REPORT_FILE)
     if run is None or run.latest_step is None or run.latest_step < cfg.train.steps:
@@ -98,20 +103,17 @@ def run(cfg, workdir: str) -> str:
 
     A run that has already finished is not touched: its report is returned as it is.
     """
-    from align import config as config_lib
-    from align import objectives
-    from align.train import loop, runs
     workdir = os.path.abspath(workdir)
     cfg = config_lib.absolute_paths(cfg, workdir)
-    loop.check_lengths(cfg, objectives.make(cfg.objective))
+    setup_lib.check_lengths(cfg, objectives.make(cfg.objective))
     previous = os.path.join(workdir, "config.json")
     if os.path.exists(previous):
         # Resuming is only meaningful for the same kind of run: another objective's checkpoints
         # may even have the same structure and would be picked up silently.
         old = config_lib.config_from_json(previous)
         if old.objective.name != cfg.objective.name:
-            raise ValueError(f"{workdir} holds a {old.objective.name!r} run; "
-                             f"train {cfg.objective.name!r} in another workdir")
+            raise errors.InputError(f"{workdir} holds a {old.objective.name!r} run; "
+                                    f"train {cfg.objective.name!r} in another workdir")
     text = finished_report(cfg, workdir)
     if text is not None:
         print(f"== {cfg.objective.name} in {workdir}: finished ({cfg.train.steps} steps); "
@@ -129,21 +131,19 @@ def run(cfg, workdir: str) -> str:
     os.makedirs(workdir, exist_ok=True)
     config_lib.write_config(cfg, workdir)
     print(f"== {cfg.objective.name} in {workdir}\n{config_lib.describe(cfg)}", flush=True)
-    trainer = loop.Trainer(cfg, workdir)
+    setup = setup_lib.build(cfg, workdir)
     try:
-        result = trainer.train()
-        text = report(cfg, trainer, result)
-        if trainer.primary:
+        result = loop.train(setup)
+        text = report(cfg, setup, result)
+        if setup.primary:
             atomic.write_text(os.path.join(workdir, REPORT_FILE), text)
         return text
     finally:
-        trainer.close()
+        setup.close()
 
 
 def main(argv=None, prog: str = "python -m align.main") -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv, prog)
-    from align import config as config_lib
-    from align import objectives  # noqa: F401  (registers their settings before configs load)
     try:
         cfg = config_lib.resolve(args.config, overrides)
     except config_lib.ConfigError as e:
@@ -151,11 +151,6 @@ def main(argv=None, prog: str = "python -m align.main") -> int:
         return 2
     logging.basicConfig(level=logging.WARNING)
 
-    from align.train import checkpoint, loop
-    # Problems with the user's input (files, data rows, settings, checkpoints) end the run
-    # with their message; ALIGN_TRACEBACK=1 shows where they were raised.
-    user_errors = (FileNotFoundError, ValueError, checkpoint.CheckpointError,
-                   config_lib.ConfigError)
     try:
         text = run(cfg, args.workdir)
     except loop.NonFiniteLossError as e:
@@ -164,7 +159,9 @@ def main(argv=None, prog: str = "python -m align.main") -> int:
     except config_lib.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    except user_errors as e:
+    except errors.INPUT_ERRORS as e:
+        # One line naming the problem; anything else (ValueError included) is a bug and keeps
+        # its traceback. ALIGN_TRACEBACK=1 shows where an input error was raised.
         if os.environ.get("ALIGN_TRACEBACK"):
             raise
         print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
@@ -190,7 +187,6 @@ def cli(argv=None) -> int:
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     if argv[0] == "train":
         return main(argv[1:], prog="align train")
-    from align.evaluate import best_of_n
     return best_of_n.main(argv[1:], prog="align best-of-n")
 
 

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from align.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -33,14 +35,15 @@ def initialize_distributed(dist_cfg: Mapping[str, Any] | None = None) -> None:
         return
     if address and num > 1:
         if pid < 0:
-            raise ValueError(
+            raise ConfigError(
                 "distributed.process_id (or ALIGN_PROCESS_ID) must be set when "
-                f"distributed.num_processes={num} > 1")
+                f"distributed.num_processes={num} > 1", key="distributed.process_id")
         jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
     elif num > 1:
-        raise ValueError(
+        raise ConfigError(
             f"distributed.num_processes={num} but no coordinator address: set "
-            "distributed.coordinator_address (or ALIGN_COORDINATOR)")
+            "distributed.coordinator_address (or ALIGN_COORDINATOR)",
+            key="distributed.coordinator_address")
     elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES"):
         # Cluster environments (TPU pods, SLURM with JAX variables) are auto-detected by JAX.
         jax.distributed.initialize()
@@ -57,20 +60,20 @@ def mesh_shape(mesh_cfg: Mapping[str, Any], num_devices: int) -> tuple[int, int,
     """Resolves (data, fsdp, tensor); one axis may be -1 to take the remaining devices."""
     sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+        raise ConfigError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     known = int(np.prod([s for s in sizes if s != -1]))
     if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(
+        raise ConfigError(
             f"mesh: axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
     if -1 in sizes:
         if num_devices % known:
-            raise ValueError(
+            raise ConfigError(
                 f"mesh: {num_devices} devices cannot be split with fixed axes of {known} devices; "
                 f"on a CPU, simulate a multiple of {known} with the environment variable "
                 f"XLA_FLAGS=--xla_force_host_platform_device_count=N (set before JAX starts)")
         sizes[sizes.index(-1)] = num_devices // known
     if int(np.prod(sizes)) != num_devices:
-        raise ValueError(
+        raise ConfigError(
             f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
             f"but {num_devices} are available. On a CPU, simulate "
             f"{int(np.prod(sizes))} devices with the environment variable "
@@ -95,7 +98,8 @@ def logical_rules(rules_cfg: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
         parsed = tuple(a.strip() for a in str(axes or "").split(",") if a.strip())
         for a in parsed:
             if a not in MESH_AXES:
-                raise ValueError(f"mesh.rules.{name}: unknown mesh axis {a!r}; valid: {MESH_AXES}")
+                raise ConfigError(f"mesh.rules.{name}: unknown mesh axis {a!r}; valid: {MESH_AXES}",
+                                  key=f"mesh.rules.{name}")
         rules[name] = parsed
     return rules
 
@@ -108,8 +112,8 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], rules, me
     spec = []
     for name, dim in zip(names, shape):
         if name is not None and name not in rules:
-            raise ValueError(f"no mesh rule for logical axis {name!r}; add it to mesh.rules "
-                             f"(known: {sorted(rules)})")
+            raise ConfigError(f"no mesh rule for logical axis {name!r}; add it to mesh.rules "
+                              f"(known: {sorted(rules)})", key=f"mesh.rules.{name}")
         axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1)
         size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
         if not axes or dim % size:

@@ -1,5 +1,5 @@
-"""Typed settings with bounds: the error type of bad input, and dataclass fields that say their
-range, checked when a settings value is built.
+"""Typed settings with bounds: dataclass fields that say their range, checked when a settings
+value is built (a bad value is a `ConfigError`, from align/errors.py, re-exported here).
 
 Dimension letters: none (this module handles no arrays).
 
@@ -18,14 +18,9 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+from align.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A bad config: the message names the key (or file) and what is wrong."""
-
-    def __init__(self, message: str, *, key: str | None = None, override: str | None = None):
-        super().__init__(message)
-        self.key = key  # the dotted config key at fault, when there is one
-        self.override = override  # the command-line override at fault, when there is one
+__all__ = ["Bound", "ConfigError", "Settings", "bounds", "schema", "setting"]
 
 
 @dataclasses.dataclass(frozen=True)

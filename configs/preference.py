@@ -3,6 +3,8 @@
 align train --config configs/preference.py:objective=ipo --workdir runs/ipo
 The SFT run lives in WORKDIR/sft and is trained first if it has not finished (or point
 --config.init.workdir at another run). Listwise objectives read K-lists of data.list_size.
+An objective of your own is named package.module:name (docs/objectives.md), e.g.
+PYTHONPATH=docs/examples align train --config configs/preference.py:objective=kto:kto ...
 """
 
 from align import config as config_lib
@@ -20,9 +22,10 @@ TUNED = {
 def get_config(arg=None):
     args = config_lib.parse_config_arg(
         arg, defaults={"objective": "dpo", "size": "small", "steps": 300, "sft_steps": 600})
-    if args["objective"] not in names():
-        raise ValueError(f"configs/preference.py trains {', '.join(names())}; "
-                         f"got {args['objective']!r}")
+    if args["objective"] not in names() and ":" not in args["objective"]:
+        raise ValueError(f"configs/preference.py trains {', '.join(names())}, or "
+                         f"package.module:name (an objective of your own); got "
+                         f"{args['objective']!r}")
     cfg = common.base()
     common.model(cfg, args["size"], max_len=64)
     common.reviews_data(cfg, num_train=8192, list_size=4)

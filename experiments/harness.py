@@ -104,11 +104,11 @@ def train(config: str, workdir: str, overrides: Sequence[str] = (), *, devices=N
     cfg = config_lib.absolute_paths(cfg, workdir)  # as the CLI does: config.json says what ran
     config_lib.write_config(cfg, workdir)
     start = time.time()
-    trainer = loop.Trainer(cfg, workdir, devices=devices or jax.devices()[:1])
+    setup = loop.build(cfg, workdir, devices=devices or jax.devices()[:1])
     try:
-        result = trainer.train()
+        result = loop.train(setup)
     finally:
-        trainer.close()
+        setup.close()
     out = {"step": int(result["step"]), "eval": {k: float(v) for k, v in result["eval"].items()},
            "seconds": time.time() - start}
     atomic.write_text(path, json.dumps(out, indent=2) + "\n")

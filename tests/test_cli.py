@@ -164,7 +164,7 @@ def test_online_rollouts_must_fit_the_data_and_model_lengths(tmp_path, capsys):
 
 def test_every_shipped_config_has_consistent_lengths():
     from align import objectives
-    from align.train import loop
+    from align.train import setup as setup_lib
     from configs import online, preference
     specs = ["configs/sft.py", "configs/quickstart.py", "configs/quickstart.py:stage=sft",
              "configs/reward_model.py", "configs/reward_model.py:objective=preference_model"]
@@ -173,7 +173,7 @@ def test_every_shipped_config_has_consistent_lengths():
     specs += [f"configs/quickstart.py:objective={n}" for n in online.NAMES + ("ipo",)]
     for spec in specs:
         cfg = config_lib.resolve(os.path.join(ROOT, spec))
-        loop.check_lengths(cfg, objectives.make(cfg.objective))
+        setup_lib.check_lengths(cfg, objectives.make(cfg.objective))
 
 
 def test_paths_are_made_absolute_from_the_current_directory(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ def _write_config(tmp_path, body, name="exp.py"):
 def objective_schema(monkeypatch):
     """Registers a throwaway objective schema, removed after the test."""
     monkeypatch.setitem(C.OBJECTIVE_SCHEMAS, "toy", ml_collections.ConfigDict())
-    monkeypatch.setitem(C._OBJECTIVE_CHOICES, "toy", {})
+    monkeypatch.setitem(C.OBJECTIVE_CHOICES, "toy", {})
     C.register_objective_schema("toy", {"beta": 0.1, "normalize": "sum", "k": 2},
                                 choices={"normalize": ("sum", "mean")})
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from align import config as config_lib
-from align import scorers
+from align.train import scorers
 from align.data import pipeline
 from align.tasks.labelers import Labeler, LabelerConfig
 from align.tasks.reviews import ReviewWorld, WorldConfig
@@ -42,17 +42,17 @@ def test_gold_scorer_matches_the_world_and_its_labeler():
 def _train(spec, workdir):
     cfg = config_lib.resolve(os.path.join(ROOT, spec), TINY)
     config_lib.write_config(cfg, str(workdir))
-    trainer = loop.Trainer(cfg, str(workdir), devices=jax.devices()[:2])
+    setup = loop.build(cfg, str(workdir), devices=jax.devices()[:2])
     try:
-        trainer.train()
+        loop.train(setup)
         c = cfg.data
-        batch = next(iter(pipeline.sft_batches(
-            trainer.data.sft["train"], trainer.data.tokenizer, batch_size=16,
+        batch = next(iter(pipeline.batches(
+            "sft", setup.data.sft["train"], setup.data.tokenizer, batch_size=16,
             max_len=c.max_len, max_prompt_len=c.max_prompt_len, seed=0, shuffle=False,
             num_epochs=1)))
-        return runs.read_run(str(workdir)), trainer.mesh, trainer.rules, batch
+        return runs.read_run(str(workdir)), setup.mesh, setup.rules, batch
     finally:
-        trainer.close()
+        setup.close()
 
 
 def test_reward_model_scorer_applies_the_offset(tmp_path):

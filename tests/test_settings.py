@@ -7,6 +7,7 @@ import os
 import pytest
 
 from align import config as C
+from align import config_io
 from align import main as main_lib
 from align import objectives
 from align import settings as S
@@ -41,7 +42,7 @@ def test_every_number_in_the_schema_has_a_range_and_every_string_a_choice_or_a_r
     free_text = set(C.PATH_KEYS) | {"data.tfds_name", "data.subsets", "data.template",
                                     "init.config", "init.overrides",
                                     "distributed.coordinator_address", "objective.name"}
-    flat = C._flat(C.default_config().to_dict())
+    flat = config_io._flat(C.default_config().to_dict())
     for key, value in flat.items():
         if key.startswith("mesh.rules.") or isinstance(value, bool):
             continue
@@ -57,7 +58,7 @@ def test_every_objective_setting_is_typed_and_bounded():
         for key, default in C.OBJECTIVE_SCHEMAS[name].items():
             if isinstance(default, bool):
                 continue
-            has = (key in C._OBJECTIVE_BOUNDS[name] or key in C._OBJECTIVE_CHOICES[name])
+            has = (key in C.OBJECTIVE_BOUNDS[name] or key in C.OBJECTIVE_CHOICES[name])
             assert has, f"objective {name!r}: setting {key!r} has no bound or choices"
 
 

@@ -22,6 +22,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from align import errors
+from align.tasks.labelers import Labeler, LabelerConfig
+from align.tasks.reviews import ReviewWorld, WorldConfig
+
 # Bump when what the builders write changes (fields, record order, generator code),
 # so old builds are not mistaken for new ones.
 DATA_FORMAT = 1
@@ -72,7 +76,8 @@ def _check_sizes(kind: str, sizes: Mapping[str, Any]) -> dict[str, int]:
     for key in needed:
         value = sizes[key]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"sizes[{key!r}] for {kind!r} must be a positive integer, got {value!r}")
+            raise errors.ConfigError(
+                f"sizes[{key!r}] for {kind!r} must be a positive integer, got {value!r}")
         out[key] = int(value)
     return out
 
@@ -130,20 +135,19 @@ class _ReviewsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield i, record
 
     def _world(self):
-        from align.tasks.reviews import ReviewWorld, WorldConfig
         settings = {k: _tuples(v) for k, v in self.builder_config.world.items()}
         try:
             return ReviewWorld(WorldConfig(**settings))
         except TypeError as e:
-            raise ValueError(f"bad world settings {self.builder_config.world}: {e}") from e
+            raise errors.ConfigError(f"bad world settings {self.builder_config.world}: {e}") from e
 
     def _labeler(self):
-        from align.tasks.labelers import Labeler, LabelerConfig
         settings = {k: _tuples(v) for k, v in self.builder_config.labeler.items()}
         try:
             config = LabelerConfig(**settings)
         except TypeError as e:
-            raise ValueError(f"bad labeler settings {self.builder_config.labeler}: {e}") from e
+            raise errors.ConfigError(
+                f"bad labeler settings {self.builder_config.labeler}: {e}") from e
         return Labeler(self._world(), config)
 
 
@@ -270,4 +274,4 @@ def tfds_source(name: str, split: str, data_dir: str):
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FileNotFoundError(f"{where} is not prepared: {first_line}") from e
     except ValueError as e:
-        raise ValueError(f"cannot open {where}: {str(e).strip().splitlines()[0]}") from e
+        raise errors.DataError(f"cannot open {where}: {str(e).strip().splitlines()[0]}") from e

@@ -21,6 +21,8 @@ import dataclasses
 import json
 from typing import Sequence
 
+from align import errors
+
 ROLES = ("user", "assistant")
 
 
@@ -38,16 +40,17 @@ class ChatTemplate:
         for role in ROLES:
             fmt = getattr(self, role)
             if not isinstance(fmt, str) or fmt.count("{text}") != 1:
-                raise ValueError(f"chat template {self.name!r}: the {role!r} format must hold "
-                                 f"'{{text}}' exactly once, got {fmt!r}")
+                raise errors.ConfigError(
+                    f"chat template {self.name!r}: the {role!r} format must hold "
+                    f"'{{text}}' exactly once, got {fmt!r}")
         for key in ("generation", "reply_prefix"):
             if not isinstance(getattr(self, key), str):
-                raise ValueError(f"chat template {self.name!r}: {key!r} must be text")
+                raise errors.ConfigError(f"chat template {self.name!r}: {key!r} must be text")
 
     def prompt(self, turns: Sequence[tuple[str, str]]) -> str:
         """The prompt for the next assistant reply after `turns` ((role, text) pairs, texts stripped)."""
         if not turns:
-            raise ValueError("a chat prompt needs at least one turn")
+            raise errors.DataError("a chat prompt needs at least one turn")
         parts = []
         for role, text in turns:
             if role not in ROLES:
@@ -78,20 +81,22 @@ def get_template(spec: str | ChatTemplate) -> ChatTemplate:
     if isinstance(spec, ChatTemplate):
         return spec
     if not isinstance(spec, str):
-        raise ValueError(f"a chat template is a preset name or a JSON object, got {type(spec).__name__}")
+        raise errors.ConfigError(
+            f"a chat template is a preset name or a JSON object, got {type(spec).__name__}")
     if spec in TEMPLATES:
         return TEMPLATES[spec]
     if not spec.lstrip().startswith("{"):
-        raise ValueError(f"unknown chat template {spec!r}; presets: {', '.join(TEMPLATES)}, or a "
-                         'JSON object {"user": ..., "assistant": ..., "generation": ..., '
-                         '"reply_prefix": ...} whose role formats hold "{text}"')
+        raise errors.ConfigError(
+            f"unknown chat template {spec!r}; presets: {', '.join(TEMPLATES)}, or a "
+            'JSON object {"user": ..., "assistant": ..., "generation": ..., '
+            '"reply_prefix": ...} whose role formats hold "{text}"')
     try:
         fields = json.loads(spec)
     except json.JSONDecodeError as e:
-        raise ValueError(f"custom chat template is not valid JSON ({e}): {spec!r}") from e
+        raise errors.ConfigError(f"custom chat template is not valid JSON ({e}): {spec!r}") from e
     keys = {"user", "assistant", "generation", "reply_prefix"}
     if not isinstance(fields, dict) or not {"user", "assistant", "generation"} <= set(fields) \
             or set(fields) - keys:
-        raise ValueError(f"custom chat template needs the keys user, assistant, generation "
-                         f"(and may hold reply_prefix); got {spec!r}")
+        raise errors.ConfigError(f"custom chat template needs the keys user, assistant, "
+                                 f"generation (and may hold reply_prefix); got {spec!r}")
     return ChatTemplate("custom", **fields)

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import tokenizers
 
+from align import errors
 from align.data.tokenizer import Tokenizer
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -50,13 +51,13 @@ class HFTokenizer:
             model = json.loads(text).get("model") or {}
             tokenizer = tokenizers.Tokenizer.from_str(text)
         except Exception as e:  # tokenizers reports parse errors as a plain Exception
-            raise ValueError(
+            raise errors.DataError(
                 f"tokenizer file {file} is corrupt or not a tokenizer.json: {e}") from e
         directory = os.path.dirname(os.path.abspath(file))
         ids = {kind: _special_id(tokenizer, kind, special.get(kind), directory, file, model)
                for kind in _KINDS}
         if ids["eos"] < 0:
-            raise ValueError(
+            raise errors.DataError(
                 f"no eos token for {file}: set eos_token in {' or '.join(_SOURCES[:2])}, "
                 f"eos_token_id in config.json (all in {directory}), or pass eos=")
         pad = ids["eos"] if ids["pad"] < 0 else ids["pad"]
@@ -85,15 +86,15 @@ def _token_id(tokenizer, value: Any, where: str) -> int:
     if isinstance(value, list):  # config.json may list several eos ids; the first is canonical
         value = value[0] if value else None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"{where}: expected a token string or id, got {value!r}")
+        raise errors.DataError(f"{where}: expected a token string or id, got {value!r}")
     if isinstance(value, str):
         token_id = tokenizer.token_to_id(value)
         if token_id is None:
-            raise ValueError(f"{where}: token {value!r} is not in the tokenizer's vocabulary")
+            raise errors.DataError(f"{where}: token {value!r} is not in the tokenizer's vocabulary")
         return token_id
     if not 0 <= value < tokenizer.get_vocab_size(with_added_tokens=True):
-        raise ValueError(f"{where}: id {value} is outside the vocabulary "
-                         f"[0, {tokenizer.get_vocab_size(with_added_tokens=True)})")
+        raise errors.DataError(f"{where}: id {value} is outside the vocabulary "
+                               f"[0, {tokenizer.get_vocab_size(with_added_tokens=True)})")
     return int(value)
 
 
@@ -109,7 +110,7 @@ def _special_id(tokenizer, kind: str, explicit, directory: str, file: str, model
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except (ValueError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
+            raise errors.DataError(f"{path} is not valid JSON: {e}") from e
         key = f"{kind}_token_id" if source == "config.json" else f"{kind}_token"
         if isinstance(data, dict) and data.get(key) not in (None, [], ""):
             return _token_id(tokenizer, data[key], f"{path}: {key}")
@@ -133,5 +134,5 @@ def load_tokenizer(path: str) -> Tokenizer | HFTokenizer:
         return HFTokenizer.load(path)
     if path.endswith(".model"):
         return Tokenizer.load(path)
-    raise ValueError(f"unknown tokenizer file {path}: expected a SentencePiece .model or a "
-                     f"{TOKENIZER_JSON}")
+    raise errors.ConfigError(f"unknown tokenizer file {path}: expected a SentencePiece .model or a "
+                             f"{TOKENIZER_JSON}", key="data.tokenizer_path")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from typing import Iterator, Mapping
 
+from align import errors
 from align.data import rows as rows_lib
 from align.data.chat import ChatTemplate
 from align.data.rows import BadRow
@@ -50,7 +51,8 @@ def files(kind: str, subsets: tuple[str, ...], manual_dir: str | None = None) ->
     subsets = subsets or SUBSETS
     unknown = sorted(set(subsets) - set(SUBSETS))
     if unknown:
-        raise ValueError(f"unknown HH-RLHF subsets {unknown}; valid: {', '.join(SUBSETS)}")
+        raise errors.ConfigError(f"unknown HH-RLHF subsets {unknown}; valid: {', '.join(SUBSETS)}",
+                                 key="data.subsets")
     return [f"{subset}/{split}.jsonl.gz" for subset in subsets for split in SPLITS]
 
 

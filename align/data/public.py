@@ -33,6 +33,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from align import errors
 from align.data import hh_rlhf, tldr, ultrafeedback
 from align.data.builders import _quiet_tfds
 from align.data.chat import ChatTemplate, get_template
@@ -64,17 +65,21 @@ def _subsets(subsets: str | Sequence[str]) -> tuple[str, ...]:
 
 def _check(source: str, kind: str, bad_rows: str, options: Mapping[str, Any]) -> None:
     if source not in FORMATS:
-        raise ValueError(f"unknown public data source {source!r}; valid: {', '.join(SOURCES)}")
+        raise errors.ConfigError(f"unknown public data source {source!r}; valid: {', '.join(SOURCES)}",
+                                 key="data.source")
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; valid: {', '.join(KINDS)}")
     if bad_rows not in POLICIES:
-        raise ValueError(f"bad_rows must be one of {POLICIES}, got {bad_rows!r}")
+        raise errors.ConfigError(f"bad_rows must be one of {POLICIES}, got {bad_rows!r}",
+                                 key="data.bad_rows")
     for key, value in options.items():
         allowed = OPTIONS[source]
         if key not in allowed:
-            raise ValueError(f"unknown option {key!r} for {source}; valid: {sorted(allowed) or 'none'}")
+            raise errors.ConfigError(
+                f"unknown option {key!r} for {source}; valid: {sorted(allowed) or 'none'}")
         if value not in allowed[key]:
-            raise ValueError(f"{source} option {key!r} must be one of {allowed[key]}, got {value!r}")
+            raise errors.ConfigError(
+                f"{source} option {key!r} must be one of {allowed[key]}, got {value!r}")
 
 
 def resolve_files(source: str, kind: str, subsets: Sequence[str], manual_dir: str = ""
@@ -195,8 +200,8 @@ class _PublicBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         summary = {**log.summary(), "examples": n}
         if n == 0:
             # TFDS cannot write an empty split; say why it is empty instead of its assertion.
-            raise ValueError(f"{self.SOURCE} {self.builder_config.kind}: split {split!r} has no "
-                             f"examples; its row report: {json.dumps(summary)}")
+            raise errors.DataError(f"{self.SOURCE} {self.builder_config.kind}: split {split!r} has "
+                                   f"no examples; its row report: {json.dumps(summary)}")
         self.info.metadata.setdefault("report", {})[split] = summary
 
 
@@ -227,7 +232,8 @@ def public_builder(source: str, kind: str, data_dir: str, *, manual_dir: str = "
                    ) -> _PublicBuilder:
     """The (possibly unprepared) builder of one public dataset."""
     if source not in FORMATS:
-        raise ValueError(f"unknown public data source {source!r}; valid: {', '.join(SOURCES)}")
+        raise errors.ConfigError(f"unknown public data source {source!r}; valid: {', '.join(SOURCES)}",
+                                 key="data.source")
     files = resolve_files(source, kind, _subsets(subsets), manual_dir)
     config = make_config(source, kind, files=files, manual=bool(manual_dir), template=template,
                          bad_rows=bad_rows, options=options)

@@ -20,6 +20,8 @@ import math
 import os
 from typing import Any, Callable, Iterator, Mapping
 
+from align import errors
+
 POLICIES = ("error", "skip")
 BAD_KINDS = (
     "not_json",               # the line is not a JSON object
@@ -43,7 +45,7 @@ class BadRow(Exception):
         self.kind, self.detail = kind, detail
 
 
-class BadRowError(ValueError):
+class BadRowError(errors.DataError):
     """A bad row under the policy "error": the message names the file, line and problem."""
 
     def __init__(self, where: str, kind: str, detail: str):
@@ -57,7 +59,8 @@ class RowLog:
 
     def __init__(self, policy: str = "error"):
         if policy not in POLICIES:
-            raise ValueError(f"bad_rows must be one of {POLICIES}, got {policy!r}")
+            raise errors.ConfigError(f"bad_rows must be one of {POLICIES}, got {policy!r}",
+                                     key="data.bad_rows")
         self.policy = policy
         self.bad_counts: collections.Counter = collections.Counter()
         self.first_bad: dict[str, str] = {}

@@ -15,23 +15,28 @@ from typing import Any, NamedTuple
 
 import jax
 
+from align import errors
 from align import mesh as mesh_lib
-from align.data import builders, public
+from align.data import builders, hf_tokenizer, pipeline, public
 from align.data.chat import get_template
+from align.summary import mean_and_se
 from align.data.tokenizer import Tokenizer, get_or_train_tokenizer
+from align.tasks.reviews import ReviewWorld, WorldConfig
 
 
-KINDS = ("sft", "prompts", "pairs", "lists")
+# The kinds the synthetic world and the public sources build; a prepared TFDS dataset also
+# serves a kind added with pipeline.register_kind.
+BUILT_KINDS = ("sft", "prompts", "pairs", "lists")
 
 
 class RunData(NamedTuple):
     tokenizer: Tokenizer
     world: Any  # the synthetic world (gold reward), or None for external data
-    sources: dict  # kind -> split -> random-access source (kinds: KINDS)
+    sources: dict  # kind -> split -> random-access source (kinds: pipeline.KINDS)
 
     def __getattr__(self, kind):
         # data.sft["test"], data.pairs["train"], ...: {} for a kind the run does not use.
-        if kind in KINDS:
+        if kind in pipeline.KINDS:
             return self.sources.get(kind, {})
         raise AttributeError(kind)
 
@@ -48,7 +53,6 @@ def world_settings(cfg) -> tuple[dict, dict]:
 
 
 def make_world(cfg):
-    from align.tasks.reviews import ReviewWorld, WorldConfig
     world, _ = world_settings(cfg)
     return ReviewWorld(WorldConfig(**world))
 
@@ -56,10 +60,9 @@ def make_world(cfg):
 def load_tokenizer(path: str, joint: bool = False):
     """A SentencePiece `.model` or a Hugging Face `tokenizer.json` (or a directory holding one,
     e.g. a pretrained checkpoint's), with joint prompt + completion encoding on or off."""
-    from align.data.hf_tokenizer import load_tokenizer as load_any
     if path.endswith(".model"):
         return Tokenizer.load(path, joint=joint)
-    tokenizer = load_any(path)
+    tokenizer = hf_tokenizer.load_tokenizer(path)
     tokenizer.joint = joint
     return tokenizer
 
@@ -104,7 +107,7 @@ def _prepare_public(cfg, kinds, ddir: str, tok_path: str, given_tokenizer: bool)
     try:
         get_template(d.template)
     except ValueError as e:
-        raise ValueError(f"config key 'data.template': {e}") from None
+        raise errors.ConfigError(f"config key 'data.template': {e}", key="data.template") from None
     primary = jax.process_index() == 0
     build = lambda kind: public.build_public(
         d.source, kind, ddir, manual_dir=d.manual_dir, subsets=d.subsets, template=d.template,
@@ -133,9 +136,14 @@ def prepare(cfg, workdir: str, *, kinds=("sft", "prompts"), data_dir: str = "",
     """
     ddir = data_dir or cfg.data.data_dir or os.path.join(workdir, "data")
     tok_path = tokenizer_path or cfg.data.tokenizer_path or os.path.join(ddir, "tokenizer.model")
-    unknown = sorted(set(kinds) - set(KINDS))
+    unknown = sorted(set(kinds) - set(pipeline.KINDS))
     if unknown:
-        raise ValueError(f"unknown data kinds {unknown}; valid: {KINDS}")
+        raise ValueError(f"unknown data kinds {unknown}; valid: {tuple(pipeline.KINDS)}")
+    unbuilt = sorted(set(kinds) - set(BUILT_KINDS))
+    if unbuilt and (cfg.data.source == "reviews" or cfg.data.source in public.SOURCES):
+        raise errors.ConfigError(
+            f"data.source={cfg.data.source!r} builds the data kinds {BUILT_KINDS}, not {unbuilt}; "
+            "a prepared dataset (data.source='tfds') serves those", key="data.source")
     if cfg.data.source in public.SOURCES:
         return _prepare_public(cfg, kinds, ddir, tok_path,
                                bool(tokenizer_path or cfg.data.tokenizer_path))
@@ -164,10 +172,12 @@ def prepare(cfg, workdir: str, *, kinds=("sft", "prompts"), data_dir: str = "",
         return RunData(load_tokenizer(tok_path, joint_encoding(cfg)), world,
                        {kind: build(kind) for kind in kinds})
     if not cfg.data.tfds_name:
-        raise ValueError("data.source='tfds' needs data.tfds_name (a prepared array_record dataset)")
+        raise errors.ConfigError(
+            "data.source='tfds' needs data.tfds_name (a prepared array_record dataset)",
+            key="data.tfds_name")
     if not (tokenizer_path or cfg.data.tokenizer_path):
-        raise ValueError("data.source='tfds' needs data.tokenizer_path (a SentencePiece .model "
-                         "or a tokenizer.json)")
+        raise errors.ConfigError("data.source='tfds' needs data.tokenizer_path (a SentencePiece "
+                                 ".model or a tokenizer.json)", key="data.tokenizer_path")
     tokenizer = load_tokenizer(tok_path, joint_encoding(cfg))
     # An external dataset serves the objective's own kind; prompts for sampling come from it too.
     main = {s: builders.tfds_source(cfg.data.tfds_name, s, ddir) for s in ("train", "test")}
@@ -179,5 +189,4 @@ def demo_gold_reward(source) -> tuple[float, float]:
     n = len(source)
     if n == 0 or "gold_reward" not in source[0]:
         return float("nan"), float("nan")
-    from align.evaluate.policy import mean_and_se
     return mean_and_se([float(source[i]["gold_reward"]) for i in range(n)])

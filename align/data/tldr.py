@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 from typing import Iterator, Mapping
 
+from align import errors
 from align.data import rows as rows_lib
 from align.data.rows import BadRow
 
@@ -50,7 +51,8 @@ TLDR_BATCHES = tuple(f"batch{i}" for i in range(3, 21)) + ("batch22", "edit_b2_e
 def files(kind: str, subsets: tuple[str, ...], manual_dir: str | None = None) -> list[str]:
     """Relative paths of the files a kind reads; under a manual directory, every comparisons/*.json."""
     if subsets:
-        raise ValueError(f"the TL;DR data has no subsets, got {list(subsets)}")
+        raise errors.ConfigError(f"the TL;DR data has no subsets, got {list(subsets)}",
+                                 key="data.subsets")
     if kind in ("sft", "prompts"):
         return list(SFT_FILES.values())
     if manual_dir is None:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from align.data.pipeline import (TokenizerLike, check_lengths, list_example, pair_example,
-                                 prompt_example, sft_example)
+from align.data.pipeline import TokenizerLike, get_kind, kind_example
 
 
 def token_report(source: Sequence[Any], tokenizer: TokenizerLike, kind: str, max_len: int,
                  max_prompt_len: int, *, list_size: int | None = None,
-                 joint: bool | None = None, limit: int | None = None) -> dict[str, Any]:
+                 joint: bool | None = None, limit: int | None = None,
+                 **kind_settings) -> dict[str, Any]:
     """Counts over a source of what tokenization does to it: truncation, drops, joint fallbacks.
+
+    kind: a data kind of align.data.pipeline.KINDS, its own settings given as keywords
+    (lists: list_size, where None counts as not given).
 
     records: records scanned (the first `limit`, default all); dropped: records the
     pipeline cannot turn into an example (it raises on them), with the first few messages
@@ -30,25 +33,17 @@ def token_report(source: Sequence[Any], tokenizer: TokenizerLike, kind: str, max
     whose two sequences are the same after truncation (they carry no preference);
     completion_tokens_max: the longest completion (with eos) before truncation.
     """
-    if kind not in ("sft", "prompts", "pairs", "lists"):
-        raise ValueError(f"unknown data kind {kind!r}; valid: sft, prompts, pairs, lists")
-    check_lengths(None if kind == "prompts" else max_len, max_prompt_len)
-    common = {"max_prompt_len": max_prompt_len}
-    if kind != "prompts":
-        common.update(max_len=max_len, joint=joint)
-    if kind == "lists":
-        if list_size is None or list_size < 1:
-            raise ValueError(f"token_report of lists needs list_size >= 1, got {list_size}")
-        common["list_size"] = list_size
-    example_fn = {"sft": sft_example, "prompts": prompt_example, "pairs": pair_example,
-                  "lists": list_example}[kind]
+    if list_size is not None:
+        kind_settings["list_size"] = list_size
+    example_fn = kind_example(kind, tokenizer, max_len=max_len, max_prompt_len=max_prompt_len,
+                              joint=joint, **kind_settings)
     n = len(source) if limit is None else min(int(limit), len(source))
     stats = {"kind": kind, "records": n, "dropped": 0, "prompts_truncated": 0, "completions": 0,
              "completions_truncated": 0, "joint_fallbacks": 0, "eos_in_text": 0,
              "pairs_identical": 0, "completion_tokens_max": 0, "drop_reasons": []}
     for index in range(n):
         try:
-            example_fn(index, source[index], tokenizer, stats=stats, **common)
+            example_fn(index, source[index], stats=stats)
         except ValueError as e:
             stats["dropped"] += 1
             if len(stats["drop_reasons"]) < 5:
@@ -56,11 +51,18 @@ def token_report(source: Sequence[Any], tokenizer: TokenizerLike, kind: str, max
     return stats
 
 
+def _has_completions(kind: str) -> bool:
+    try:
+        return get_kind(kind).needs_max_len
+    except ValueError:  # a report of a kind not registered in this process
+        return True
+
+
 def format_token_report(report: Mapping[str, Any]) -> str:
     """A token report as one line (and the first drop reasons, if any)."""
     line = (f"{report['kind']}: {report['records']} records, {report['dropped']} dropped, "
             f"{report['prompts_truncated']} prompts truncated")
-    if report["kind"] != "prompts":
+    if _has_completions(report["kind"]):
         line += (f", {report['completions_truncated']} of {report['completions']} completions "
                  f"truncated, {report['joint_fallbacks']} joint-encoding fallbacks, "
                  f"{report['eos_in_text']} with eos in text")

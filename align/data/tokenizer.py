@@ -3,7 +3,7 @@
 Dimension letters: none (token ids are plain lists here).
 
 Besides encode/decode and the special ids, a tokenizer carries two things the pipeline's
-tokenization rules read (align/data/pipeline.py): `eos_text`, the eos piece as text
+tokenization rules read (align/data/encoding.py): `eos_text`, the eos piece as text
 ("</s>"), so a completion that already ends with it gets no second eos; and `joint`,
 whether prompt and completion are encoded as one text (set per data source by
 align/data/sources.py; False unless asked for).
@@ -16,6 +16,8 @@ import uuid
 from typing import Callable, Iterable, Sequence
 
 import sentencepiece as spm
+
+from align import errors
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 _SUFFIX = ".model"
@@ -46,14 +48,15 @@ class Tokenizer:
         more distinct characters than vocab_size (public text) still trains.
         """
         if model_type not in ("unigram", "bpe", "char", "word"):
-            raise ValueError(
-                    f"model_type must be one of unigram, bpe, char, word; got {model_type!r}"
+            raise errors.ConfigError(
+                    f"model_type must be one of unigram, bpe, char, word; got {model_type!r}",
+                    key="data.tokenizer_type",
             )
         # Reading the whole iterator up front gives a clear error on an empty corpus
         # and makes training independent of how `lines` is produced.
         corpus = [str(line) for line in lines if str(line).strip()]
         if not corpus:
-            raise ValueError(f"no non-empty lines to train the tokenizer {path_prefix}{_SUFFIX}")
+            raise errors.DataError(f"no non-empty lines to train the tokenizer {path_prefix}{_SUFFIX}")
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
@@ -76,7 +79,7 @@ class Tokenizer:
                     minloglevel=2,
             )
         except RuntimeError as e:
-            raise ValueError(
+            raise errors.DataError(
                     f"training the tokenizer {path_prefix}{_SUFFIX} failed "
                     f"(vocab_size={vocab_size}, model_type={model_type}, {len(corpus)} lines): {e}"
             ) from e
@@ -107,9 +110,10 @@ class Tokenizer:
         try:
             processor.LoadFromSerializedProto(proto)
         except (RuntimeError, OSError, TypeError) as e:
-            raise ValueError(f"tokenizer model {path} is corrupt or not a SentencePiece model: {e}") from e
+            raise errors.DataError(
+                f"tokenizer model {path} is corrupt or not a SentencePiece model: {e}") from e
         if processor.GetPieceSize() == 0:
-            raise ValueError(f"tokenizer model {path} is corrupt: it has an empty vocabulary")
+            raise errors.DataError(f"tokenizer model {path} is corrupt: it has an empty vocabulary")
         return cls(processor, path, joint=joint)
 
     @property
@@ -159,13 +163,15 @@ def get_or_train_tokenizer(
 ) -> Tokenizer:
     """Loads `path` (a `.model` file) if it exists, else trains it from `lines_fn()`."""
     if not path.endswith(_SUFFIX):
-        raise ValueError(f"tokenizer path must end in {_SUFFIX!r}, got {path!r}")
+        raise errors.ConfigError(f"tokenizer path must end in {_SUFFIX!r}, got {path!r}",
+                                 key="data.tokenizer_path")
     if os.path.exists(path):
         tok = Tokenizer.load(path)
         if tok.vocab_size != vocab_size:
-            raise ValueError(
+            raise errors.ConfigError(
                     f"tokenizer {path} has vocab_size {tok.vocab_size} but {vocab_size} was "
-                    "asked for; delete the file or point to another path"
+                    "asked for; delete the file or point to another path",
+                    key="data.vocab_size",
             )
         return tok
     return Tokenizer.train(

@@ -42,6 +42,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from align import errors
 from align.data import rows as rows_lib
 from align.data.chat import ChatTemplate
 from align.data.rows import BadRow
@@ -70,7 +71,9 @@ def files(kind: str, subsets: tuple[str, ...], manual_dir: str | None = None) ->
     if manual_dir is None:
         unknown = sorted(set(subsets) - set(SUBSETS))
         if unknown:
-            raise ValueError(f"unknown UltraFeedback subsets {unknown}; valid: {', '.join(SUBSETS)}")
+            raise errors.ConfigError(
+                f"unknown UltraFeedback subsets {unknown}; valid: {', '.join(SUBSETS)}",
+                key="data.subsets")
     return [f"{subset}.jsonl" for subset in subsets]
 
 
@@ -133,9 +136,11 @@ def records(kind: str, split: str, paths: Mapping[str, str], log: rows_lib.RowLo
             name_fn=str) -> Iterator[dict]:
     """The records of one split, from the files `paths` maps (relative path -> local path)."""
     if score not in SCORES:
-        raise ValueError(f"UltraFeedback score must be one of {tuple(SCORES)}, got {score!r}")
+        raise errors.ConfigError(
+            f"UltraFeedback score must be one of {tuple(SCORES)}, got {score!r}")
     if rejected not in REJECTED:
-        raise ValueError(f"UltraFeedback rejected must be one of {REJECTED}, got {rejected!r}")
+        raise errors.ConfigError(
+            f"UltraFeedback rejected must be one of {REJECTED}, got {rejected!r}")
     # Every split reads every file; a row is counted in the pass of its own split, and a
     # row with no readable instruction in the train pass.
     owner = split == SPLITS[0]

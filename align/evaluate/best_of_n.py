@@ -23,9 +23,17 @@ import math
 import os
 import sys
 
+import jax
 import numpy as np
 
+from align import mesh as mesh_lib
+from align import samples as policy_eval
+from align.data import pipeline, sources
+from align.models import specs
 from align.objectives.online_math import best_of_n_kl
+from align.train import runs
+from align.train import scorers as scorers_lib
+from align.train import state as state_lib
 
 
 def best_of_n_weights(k: int, n: int) -> np.ndarray:
@@ -57,14 +65,13 @@ def best_of_n_values(proxy_BxK, value_BxK, n: int) -> np.ndarray:
 
 def table(proxy_BxK, gold_BxK, ns) -> list[dict]:
     """One row per n: analytic KL, proxy and gold reward of best-of-n with 95% half-widths."""
-    from align.evaluate.policy import mean_and_se
     rows = []
     for n in ns:
         row = {"n": int(n), "kl": best_of_n_kl(int(n))}
         for name, values in (("proxy", proxy_BxK), ("gold", gold_BxK)):
             if values is None:
                 continue
-            mean, se = mean_and_se(best_of_n_values(proxy_BxK, values, int(n)))
+            mean, se = policy_eval.mean_and_se(best_of_n_values(proxy_BxK, values, int(n)))
             row[name], row[f"{name}_ci95"] = mean, 1.96 * se
         rows.append(row)
     return rows
@@ -87,15 +94,6 @@ def sample_and_score(workdir: str, *, samples: int, num_prompts: int, scorer: st
 
     Returns (proxy_BxK, gold_BxK or None, prompts, completions_BxK).
     """
-    import jax
-
-    from align import mesh as mesh_lib
-    from align import scorers as scorers_lib
-    from align.data import pipeline, sources
-    from align.evaluate import policy as policy_eval
-    from align.train import runs
-    from align.train import state as state_lib
-
     workdir = os.path.abspath(workdir)
     run = runs.read_run(workdir)
     if run is None or run.latest_step is None:
@@ -105,15 +103,17 @@ def sample_and_score(workdir: str, *, samples: int, num_prompts: int, scorer: st
     rules = mesh_lib.logical_rules(cfg.mesh.rules)
     data = sources.prepare(cfg, workdir, kinds=("prompts",), data_dir=run.data_dir,
                            tokenizer_path=run.tokenizer_path)
-    params, kind, _ = runs.final_params(run, mesh, rules)
-    lm_def = state_lib.describe(runs.model_fn("lm", run.model_cfg, cfg.objective))
-    lm = runs.lm_params(params, kind)
+    spec, params, _ = runs.final_params(run, mesh, rules)
+    if spec.language_model is None:
+        raise ValueError(f"{workdir} trained a {spec.name!r} model, not a policy to sample from")
+    lm_def = state_lib.describe(specs.language_model().make_fn(run.model_cfg))
+    lm = spec.language_model(params)
     tok = data.tokenizer
     pad_id = tok.pad_id if cfg.data.pad_id < 0 else int(cfg.data.pad_id)
-    prompts = next(iter(pipeline.prompt_batches(
-        data.prompts["test"], tok, batch_size=num_prompts, max_prompt_len=cfg.data.max_prompt_len,
-        seed=seed, shuffle=False, num_epochs=1, pad_id=pad_id, process_index=0,
-        process_count=1)))
+    prompts = next(iter(pipeline.batches(
+        "prompts", data.prompts["test"], tok, batch_size=num_prompts,
+        max_prompt_len=cfg.data.max_prompt_len, seed=seed, shuffle=False, num_epochs=1,
+        pad_id=pad_id, process_index=0, process_count=1)))
     rows = {k: np.repeat(np.asarray(v), samples, axis=0) for k, v in prompts.items()}
     rows["example_id"] = (rows["example_id"] * samples
                           + np.tile(np.arange(samples), num_prompts)).astype(np.int32)

@@ -21,8 +21,9 @@ import numpy as np
 
 from align import atomic
 from align import mesh as mesh_lib
+from align.errors import CheckpointError
 from align.models import transformer
-from align.train import state as state_lib
+from align.models import specs as state_lib
 from third_party import hf_layouts
 
 CONFIG_FILE = "config.json"
@@ -49,14 +50,17 @@ def read_hf_config(path: str) -> tuple[str, transformer.TransformerConfig]:
         with open(where) as f:
             hf = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where} is not valid JSON: {e}") from e
+        raise CheckpointError(f"{where} is not valid JSON: {e}") from e
     if not isinstance(hf, dict):
-        raise ValueError(f"{where} must hold a JSON object, got {type(hf).__name__}")
-    family, kwargs = hf_layouts.config_from_hf(hf, where)
+        raise CheckpointError(f"{where} must hold a JSON object, got {type(hf).__name__}")
+    try:
+        family, kwargs = hf_layouts.config_from_hf(hf, where)  # its messages name `where`
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     try:
         return family, transformer.TransformerConfig(**kwargs)
     except ValueError as e:
-        raise ValueError(f"{where}: {e}") from e
+        raise CheckpointError(f"{where}: {e}") from e
 
 
 class _Entry(NamedTuple):
@@ -72,7 +76,7 @@ def read_safetensors_header(path: str) -> dict[str, _Entry]:
     size = os.path.getsize(path)
 
     def corrupt(why):
-        return ValueError(f"corrupt safetensors file {path}: {why}")
+        return CheckpointError(f"corrupt safetensors file {path}: {why}")
 
     with open(path, "rb") as f:
         head = f.read(8)
@@ -122,13 +126,13 @@ class _Reader:
             self.entries = {}
             for name, file in weight_map.items():
                 if name not in headers[file]:
-                    raise ValueError(f"{index} puts tensor {name!r} in {file}, which does not "
-                                     "contain it")
+                    raise CheckpointError(f"{index} puts tensor {name!r} in {file}, which "
+                                          "does not contain it")
                 self.entries[name] = headers[file][name]
             for file, header in headers.items():
                 for name in sorted(set(header) - set(weight_map)):
-                    raise ValueError(f"unexpected tensor {name!r} in {file}: it is not listed in "
-                                     f"{index}")
+                    raise CheckpointError(f"unexpected tensor {name!r} in {file}: it is not "
+                                          f"listed in {index}")
         elif os.path.isfile(single):
             self.source = single
             self.entries = read_safetensors_header(single)
@@ -142,7 +146,8 @@ class _Reader:
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{index} is not a safetensors index with a weight_map: {e}") from e
+            raise CheckpointError(f"{index} is not a safetensors index with a weight_map: "
+                                  f"{e}") from e
         directory = os.path.dirname(index)
         for name, file in weight_map.items():
             if not isinstance(file, str) or not os.path.isfile(os.path.join(directory, file)):
@@ -165,20 +170,21 @@ def _check_tensors(reader: _Reader, layout: Mapping[tuple, hf_layouts.Tensor], t
     expected = {t.name: t for t in layout.values()}
     missing = sorted(set(expected) - set(reader.entries))
     if missing:
-        raise ValueError(f"checkpoint {reader.source} is missing tensor(s) {missing}")
+        raise CheckpointError(f"checkpoint {reader.source} is missing tensor(s) {missing}")
     for name, e in reader.entries.items():
         if name in expected:
             t = expected[name]
             if e.shape != t.shape:
-                raise ValueError(f"tensor {name!r} in {e.file} has shape {list(e.shape)}, "
-                                 f"expected {list(t.shape)}")
+                raise CheckpointError(f"tensor {name!r} in {e.file} has shape "
+                                      f"{list(e.shape)}, expected {list(t.shape)}")
             if e.dtype not in _FLOAT_DTYPES:
-                raise ValueError(f"tensor {name!r} in {e.file} has dtype {e.dtype}, expected a "
-                                 "floating-point type")
+                raise CheckpointError(f"tensor {name!r} in {e.file} has dtype {e.dtype}, "
+                                      "expected a floating-point type")
         elif name.endswith(hf_layouts.IGNORED_SUFFIXES) or (tied and name == hf_layouts.LM_HEAD):
             continue  # buffers, or a duplicate of the tied embedding that HF also ignores
         else:
-            raise ValueError(f"unexpected tensor {name!r} in {e.file} for this model config")
+            raise CheckpointError(f"unexpected tensor {name!r} in {e.file} for this model "
+                                  "config")
 
 
 def _leaf_tensors(path: tuple, cfg, layout) -> tuple[list[hf_layouts.Tensor], bool]:
@@ -222,8 +228,8 @@ def load_pretrained(path: str, mesh, rules, *, dtype: str | None = None,
     if bad:
         raise ValueError(f"load_pretrained: cannot override {bad}; allowed: {list(_OVERRIDABLE)}")
     if overrides.get("max_len", cfg.max_len) > cfg.max_len:
-        raise ValueError(f"load_pretrained: max_len {overrides['max_len']} exceeds the "
-                         f"checkpoint's {cfg.max_len}")
+        raise CheckpointError(f"load_pretrained: max_len {overrides['max_len']} exceeds the "
+                              f"checkpoint's {cfg.max_len}")
     cfg = dataclasses.replace(cfg, **overrides)
     param_dtype = _PARAM_DTYPES.get(dtype or "float32")
     if param_dtype is None:

@@ -212,17 +212,10 @@ def _sequence_logp(model, batch, chunk_size):
     return logprobs.sequence_logprobs(logp_NxT, flat(batch["loss_mask"])).reshape(b, k)
 
 
-def _prepare_batch(models, batch, obj_state, *, rng, chunk_size):
-    del obj_state, rng
-    if "ref_logp" in batch:
-        _check_lists(batch, ("tokens", "ref_logp"))
-        return batch
+def _reference_fields(reference, batch, *, chunk_size):
+    """ref_logp [B, K]: the reference's S(y) of every item (no gradient)."""
     _check_lists(batch, ("tokens", "input_mask", "loss_mask"))
-    if models.reference is None:
-        raise ValueError("listwise objective: batch has no 'ref_logp' and no reference model "
-                         "was given")
-    ref_logp_BxK = jax.lax.stop_gradient(_sequence_logp(models.reference, batch, chunk_size))
-    return {**batch, "ref_logp": ref_logp_BxK}
+    return {"ref_logp": jax.lax.stop_gradient(_sequence_logp(reference, batch, chunk_size))}
 
 
 def _ordered_accuracy(scores_BxK, order_BxK, m_BxK):
@@ -284,11 +277,10 @@ def _make(name, config, *, chunk_size: int = 0) -> base.Objective:
     if name == "lipo_lambda":
         loss_fn = functools.partial(loss_fn, weighting=config.weighting,
                                     scale_by_list_size=bool(config.scale_by_list_size))
-    return base.Objective(
-        name=name, data="lists", init=base.no_state,
-        prepare=functools.partial(_prepare_batch, chunk_size=chunk_size),
+    return base.make(
+        name, "lists",
         loss=functools.partial(_loss, loss_fn=loss_fn, beta=beta, chunk_size=chunk_size),
-        update_state=base.keep_state, needs=("reference",), model="lm")
+        reference_fields=functools.partial(_reference_fields, chunk_size=chunk_size))
 
 
 OBJECTIVES = {name: functools.partial(_make, name) for name in LOSSES}

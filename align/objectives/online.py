@@ -60,20 +60,23 @@ def _check_rollout(batch, name):
                          f"present: {sorted(batch)}")
 
 
-def _with_kl(batch, ref_a_M, a_from_policy: bool):
-    """Adds rollout_kl = log π_θ(a) − log μ(a) when a was sampled from π_θ (a KL estimate)."""
-    if not a_from_policy or "chosen_policy_logp" not in batch:
-        return batch
-    kl_M = batch["chosen_policy_logp"].astype(jnp.float32) - ref_a_M
-    return {**batch, base.ROLLOUT_STAT + "kl": jax.lax.stop_gradient(kl_M)}
-
-
-def _prepare_pairs(models, batch, obj_state, *, rng, name, chunk_size, a_from_policy):
-    """Reference sums S_ref(a), S_ref(b) for the rollout (no gradient), once per rollout."""
+def _pair_reference(reference, batch, *, name, chunk_size):
+    """S_ref(a), S_ref(b) for the rollout (no gradient)."""
     _check_rollout(batch, name)
-    out = pairwise.add_reference_logprobs(models, batch, obj_state, rng=rng, name=name,
-                                          chunk_size=chunk_size)
-    return _with_kl(out, out["ref_chosen_logp"], a_from_policy)
+    return pairwise.reference_logprobs(reference, batch, name=name, chunk_size=chunk_size)
+
+
+def _kl_stat(batch, ref_a_M, a_from_policy: bool):
+    """{"kl": mean log π_θ(a) − log μ(a)} when a was sampled from π_θ (a KL estimate)."""
+    if not a_from_policy or "chosen_policy_logp" not in batch:
+        return {}
+    kl_M = batch["chosen_policy_logp"].astype(jnp.float32) - ref_a_M
+    return {"kl": jnp.mean(jax.lax.stop_gradient(kl_M))}
+
+
+def _prepare_pairs(policy, batch, obj_state, *, rng, a_from_policy):
+    del policy, obj_state, rng
+    return batch, _kl_stat(batch, batch["ref_chosen_logp"], a_from_policy)
 
 
 def _pair_loss(model, batch, obj_state, *, rng, name, chunk_size, loss_fn, soft, scale):
@@ -99,14 +102,13 @@ def _pair_loss(model, batch, obj_state, *, rng, name, chunk_size, loss_fn, soft,
 
 
 def _pairs_objective(name, *, chunk_size, loss_fn, soft, scale, mixture):
-    return base.Objective(
-        name=name, data="prompts", init=base.no_state,
-        prepare=functools.partial(_prepare_pairs, name=name, chunk_size=chunk_size,
-                                  a_from_policy=mixture[0] == 0),
+    return base.make(
+        name, "prompts",
         loss=functools.partial(_pair_loss, name=name, chunk_size=chunk_size, loss_fn=loss_fn,
                                soft=soft, scale=scale),
-        update_state=base.keep_state, needs=("reference",), model="lm",
-        online=base.OnlineSpec(mixture=mixture, score="preference"))
+        reference_fields=functools.partial(_pair_reference, name=name, chunk_size=chunk_size),
+        prepare=functools.partial(_prepare_pairs, a_from_policy=mixture[0] == 0),
+        online=base.OnlineSpec(samples=2, mixture=mixture, score="preference"))
 
 
 def make_online_dpo(cfg, *, chunk_size: int = 0) -> base.Objective:
@@ -145,19 +147,19 @@ def make_ipo_md(cfg, *, chunk_size: int = 0) -> base.Objective:
                             soft=cfg.labels == "soft", scale=tau, mixture=(beta, beta))
 
 
-def _prepare_nash(models, batch, obj_state, *, rng, chunk_size):
+def _nash_reference(reference, batch, *, chunk_size):
     """Reference token log-probs of the policy's sample a (the only one trained on)."""
-    del obj_state, rng
     _check_rollout(batch, "nash_md")
-    if REF_TOKENS in batch:
-        return batch
-    if models.reference is None:
-        raise ValueError("nash_md needs the reference model or 'ref_chosen_token_logp' in the batch")
-    ref = jax.lax.stop_gradient(logprobs.shifted_logprobs(
-        models.reference, batch["chosen_tokens"], batch["chosen_input_mask"],
-        chunk_size=chunk_size))
-    ref_a_M = logprobs.sequence_logprobs(ref, batch["chosen_loss_mask"], reduction="sum")
-    return _with_kl({**batch, REF_TOKENS: ref}, ref_a_M, a_from_policy=True)
+    ref = logprobs.shifted_logprobs(reference, batch["chosen_tokens"],
+                                    batch["chosen_input_mask"], chunk_size=chunk_size)
+    return {REF_TOKENS: jax.lax.stop_gradient(ref)}
+
+
+def _prepare_nash(policy, batch, obj_state, *, rng):
+    del policy, obj_state, rng
+    ref_a_M = logprobs.sequence_logprobs(batch[REF_TOKENS], batch["chosen_loss_mask"],
+                                         reduction="sum")
+    return batch, _kl_stat(batch, ref_a_M, a_from_policy=True)
 
 
 def _nash_loss(model, batch, obj_state, *, rng, chunk_size, tau, variant):
@@ -188,12 +190,12 @@ def make_nash_md(cfg, *, chunk_size: int = 0) -> base.Objective:
     """
     cfg = NashMdSettings.of(cfg)
     tau, beta = cfg.tau, cfg.mixture_beta
-    return base.Objective(
-        name="nash_md", data="prompts", init=base.no_state,
-        prepare=functools.partial(_prepare_nash, chunk_size=chunk_size),
+    return base.make(
+        "nash_md", "prompts",
         loss=functools.partial(_nash_loss, chunk_size=chunk_size, tau=tau, variant=cfg.variant),
-        update_state=base.keep_state, needs=("reference",), model="lm",
-        online=base.OnlineSpec(mixture=(0.0, beta), score="preference"))
+        reference_fields=functools.partial(_nash_reference, chunk_size=chunk_size),
+        prepare=_prepare_nash,
+        online=base.OnlineSpec(samples=2, mixture=(0.0, beta), score="preference"))
 
 
 SETTINGS = {"online_dpo": OnlineDpoSettings, "online_ipo": OnlineIpoSettings,

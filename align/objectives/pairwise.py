@@ -190,24 +190,12 @@ def pair_logprobs(model, batch, *, chunk_size: int = 0):
     return sums_2B[:b], sums_2B[b:], counts_2B[:b], counts_2B[b:]
 
 
-def add_reference_logprobs(models: base.Models, batch, obj_state, *, rng, name: str,
-                           chunk_size: int = 0):
-    """The batch with ref_chosen_logp / ref_rejected_logp [B] (S_ref), unless already there."""
-    del obj_state, rng
-    present = [k for k in REF_FIELDS if k in batch]
-    if len(present) == len(REF_FIELDS):
-        return batch
-    if present:
-        absent = [k for k in REF_FIELDS if k not in batch]
-        raise ValueError(f"objective {name!r}: the batch has {present} but not {absent}; "
-                         "supply both reference fields or neither")
-    if models.reference is None:
-        raise ValueError(f"objective {name!r} needs a reference model to compute {REF_FIELDS}, "
-                         "but none was given and the batch does not carry them")
+def reference_logprobs(reference, batch, *, name: str, chunk_size: int = 0):
+    """ref_chosen_logp / ref_rejected_logp [B]: S_ref of each completion (no gradient)."""
     check_pairs_batch(batch, name)
-    ref_w_B, ref_l_B, _, _ = pair_logprobs(models.reference, batch, chunk_size=chunk_size)
-    return dict(batch, ref_chosen_logp=jax.lax.stop_gradient(ref_w_B),
-                ref_rejected_logp=jax.lax.stop_gradient(ref_l_B))
+    ref_w_B, ref_l_B, _, _ = pair_logprobs(reference, batch, chunk_size=chunk_size)
+    return {"ref_chosen_logp": jax.lax.stop_gradient(ref_w_B),
+            "ref_rejected_logp": jax.lax.stop_gradient(ref_l_B)}
 
 
 def pair_metrics(reward_chosen_B, reward_rejected_B, logp_chosen_B, logp_rejected_B, batch):
@@ -258,15 +246,13 @@ def _loss(model, batch, obj_state, *, rng, name: str, terms_fn: TermsFn, uses_re
     return base.LossOut(jnp.sum(loss_B), jnp.asarray(b, jnp.float32), metrics)
 
 
-def _objective(name: str, terms_fn: TermsFn, *, uses_reference: bool, chunk_size: int
-               ) -> base.Objective:
-    prepare = (functools.partial(add_reference_logprobs, name=name, chunk_size=chunk_size)
-               if uses_reference else base.no_prepare)
+def _objective(name: str, terms_fn: TermsFn, *, uses_reference: bool, chunk_size: int,
+               settings=None) -> base.Objective:
     loss = functools.partial(_loss, name=name, terms_fn=terms_fn, uses_reference=uses_reference,
                              chunk_size=chunk_size)
-    return base.Objective(name=name, data="pairs", init=base.no_state, prepare=prepare, loss=loss,
-                          update_state=base.keep_state,
-                          needs=("reference",) if uses_reference else (), model="lm")
+    ref = (functools.partial(reference_logprobs, name=name, chunk_size=chunk_size)
+           if uses_reference else None)
+    return base.make(name, "pairs", loss=loss, reference_fields=ref, settings=settings)
 
 
 def _dpo_terms(lp: PairLogps, *, beta):

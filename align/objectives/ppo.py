@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from align import logprobs
 from align import settings as settings_lib
+from align.models import specs
 from align.objectives import base, ppo_math
 from align.settings import Settings, setting
 
@@ -62,31 +63,25 @@ def scores(batch, missing_eos_penalty: float):
     return score_M
 
 
-def reference_logprobs(models: base.Models, batch, name: str, chunk_size: int):
-    """The reference's token log-probs [M, L]: the batch's `ref_logp` if it has one."""
-    if "ref_logp" in batch:
-        return jax.lax.stop_gradient(batch["ref_logp"].astype(jnp.float32))
-    if models.reference is None:
-        raise ValueError(f"objective {name!r} needs the reference model or 'ref_logp' in the "
-                         "rollout")
-    return jax.lax.stop_gradient(logprobs.shifted_logprobs(
-        models.reference, batch["tokens"], batch["input_mask"], chunk_size=chunk_size))
+def reference_logprobs(reference, batch, *, name: str, chunk_size: int):
+    """ref_logp [M, L]: the reference's token log-probs of the rollout (no gradient)."""
+    check_rollout(batch, name)
+    return {"ref_logp": jax.lax.stop_gradient(logprobs.shifted_logprobs(
+        reference, batch["tokens"], batch["input_mask"], chunk_size=chunk_size))}
 
 
 def _row_sum(x_MxL, mask_MxL):
     return jnp.sum(jnp.where(mask_MxL > 0, x_MxL * mask_MxL, 0.0), axis=-1)
 
 
-def _prepare(models, batch, obj_state, *, rng, s, chunk_size):
+def _prepare(policy, batch, obj_state, *, rng, s, chunk_size):
     """Old log-probs and values, token rewards, advantages and returns (no gradient)."""
     del rng
     check_rollout(batch, "ppo")
-    if all(k in batch for k in PREPARED):
-        return batch
-    logp_MxL, values_MxL = models.policy.logprobs_and_values(
+    logp_MxL, values_MxL = policy.logprobs_and_values(
         batch["tokens"], batch["input_mask"], chunk_size=chunk_size)
     logp_MxL, values_MxL = jax.lax.stop_gradient((logp_MxL, values_MxL))
-    ref_MxL = reference_logprobs(models, batch, "ppo", chunk_size)
+    ref_MxL = jax.lax.stop_gradient(batch["ref_logp"].astype(jnp.float32))
     mask_MxL = batch["loss_mask"].astype(jnp.float32)
     score_M = scores(batch, s["missing_eos_penalty"])
     kl_coef = obj_state["kl_coef"]
@@ -101,15 +96,14 @@ def _prepare(models, batch, obj_state, *, rng, s, chunk_size):
     if s["whiten_advantages"]:
         adv_MxL = ppo_math.whiten(adv_MxL, mask_MxL, unbiased=s["whiten_unbiased"])
     count_M = jnp.maximum(jnp.sum(vmask_MxL, -1), 1.0)
-    stat = base.ROLLOUT_STAT
-    return dict(
-        batch, old_logp=logp_MxL, old_values=values_MxL, advantages=adv_MxL,
-        returns=returns_MxL, value_mask=vmask_MxL,
-        **{stat + "score": score_M,
-           stat + "kl": _row_sum(logp_MxL - ref_MxL, mask_MxL),
-           stat + "kl_penalty": -kl_coef * _row_sum(kl_MxL, mask_MxL),
-           stat + "kl_coef": jnp.broadcast_to(kl_coef, score_M.shape),
-           stat + "value": _row_sum(values_MxL, vmask_MxL) / count_M})
+    prepared = dict(batch, old_logp=logp_MxL, old_values=values_MxL, advantages=adv_MxL,
+                    returns=returns_MxL, value_mask=vmask_MxL)
+    stats = {"score": jnp.mean(score_M),
+             "kl": jnp.mean(_row_sum(logp_MxL - ref_MxL, mask_MxL)),
+             "kl_penalty": jnp.mean(-kl_coef * _row_sum(kl_MxL, mask_MxL)),
+             "kl_coef": jnp.asarray(kl_coef, jnp.float32),
+             "value": jnp.mean(_row_sum(values_MxL, vmask_MxL) / count_M)}
+    return prepared, stats
 
 
 def _loss(model, batch, obj_state, *, rng, s, chunk_size):
@@ -183,14 +177,15 @@ def make_ppo(cfg, *, chunk_size: int = 0) -> base.Objective:
     """
     s = dataclasses.asdict(PpoSettings.of(cfg))
     init_coef = float(s["kl_coef"])
-    return base.Objective(
-        name="ppo", data="prompts",
+    return base.make(
+        "ppo", "prompts",
         init=lambda: {"kl_coef": jnp.asarray(init_coef, jnp.float32)},
         prepare=functools.partial(_prepare, s=s, chunk_size=chunk_size),
+        reference_fields=functools.partial(reference_logprobs, name="ppo", chunk_size=chunk_size),
         loss=functools.partial(_loss, s=s, chunk_size=chunk_size),
         update_state=functools.partial(_update_state, s=s),
-        needs=("reference",), model="lm_value",
-        online=base.OnlineSpec(mixture=(0.0,), score="reward"))
+        model=specs.policy_with_value(s["critic"]),
+        online=base.OnlineSpec(samples=1, score="reward"))
 
 
 SETTINGS = {"ppo": PpoSettings}

@@ -14,6 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from align.models import specs
 from align.objectives import base
 from align.settings import Settings, setting
 from align.objectives.reward_model import check_pairs, gold_agreement
@@ -63,10 +64,9 @@ def make(cfg, *, chunk_size: int = 0) -> base.Objective:
     """The pairwise preference model as an Objective; pref_dim sizes the model it trains."""
     del chunk_size  # the heads have no vocabulary to chunk
     pref_dim = PreferenceModelSettings.of(cfg).pref_dim
-    return base.Objective(
-        name="preference_model", data="pairs", init=base.no_state, prepare=base.no_prepare,
-        loss=functools.partial(_loss, pref_dim=pref_dim), update_state=base.keep_state,
-        needs=(), model="preference")
+    return base.make("preference_model", "pairs",
+                     loss=functools.partial(_loss, pref_dim=pref_dim),
+                     model=specs.preference_model(pref_dim))
 
 
 SETTINGS = {"preference_model": PreferenceModelSettings}

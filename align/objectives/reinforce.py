@@ -44,22 +44,19 @@ class GrpoSettings(RlooSettings):
     # GRPO's paper: β = 0.04, ε = 0.2.
     kl_coef: float = setting(0.04, ge=0)
 
-PREPARED = ("old_logp", "ref_logp", "advantages")
 
 
-def _prepare(models, batch, obj_state, *, rng, name, samples, kl_coef, missing_eos_penalty,
+def _prepare(policy, batch, obj_state, *, rng, name, samples, kl_coef, missing_eos_penalty,
              chunk_size, eps=1e-4):
-    """Old and reference token log-probs, and the group-baseline advantage per sequence."""
+    """Old token log-probs and the group-baseline advantage per sequence."""
     del obj_state, rng
     ppo.check_rollout(batch, name)
-    if all(k in batch for k in PREPARED):
-        return batch
     m = batch["tokens"].shape[0]
     if m % samples:
         raise ValueError(f"objective {name!r}: {m} rollout rows are not groups of {samples}")
     old_MxL = jax.lax.stop_gradient(logprobs.shifted_logprobs(
-        models.policy, batch["tokens"], batch["input_mask"], chunk_size=chunk_size))
-    ref_MxL = ppo.reference_logprobs(models, batch, name, chunk_size)
+        policy, batch["tokens"], batch["input_mask"], chunk_size=chunk_size))
+    ref_MxL = jax.lax.stop_gradient(batch["ref_logp"].astype(jnp.float32))
     mask_MxL = batch["loss_mask"].astype(jnp.float32)
     score_M = ppo.scores(batch, missing_eos_penalty)
     kl_M = jnp.sum(jnp.where(mask_MxL > 0, old_MxL - ref_MxL, 0.0), -1)
@@ -69,10 +66,9 @@ def _prepare(models, batch, obj_state, *, rng, name, samples, kl_coef, missing_e
     else:
         reward_M = score_M
         adv_M = online_math.grpo_advantages(score_M.reshape(-1, samples), eps=eps).reshape(-1)
-    stat = base.ROLLOUT_STAT
-    return dict(batch, old_logp=old_MxL, ref_logp=ref_MxL, advantages=adv_M,
-                **{stat + "score": score_M, stat + "kl": kl_M, stat + "reward": reward_M,
-                   stat + "advantage_abs": jnp.abs(adv_M)})
+    stats = {"score": jnp.mean(score_M), "kl": jnp.mean(kl_M), "reward": jnp.mean(reward_M),
+             "advantage_abs": jnp.mean(jnp.abs(adv_M))}
+    return dict(batch, old_logp=old_MxL, advantages=adv_M), stats
 
 
 def _loss(model, batch, obj_state, *, rng, name, kl_coef, clip_eps, chunk_size):
@@ -107,15 +103,16 @@ def _make(name, cfg, *, chunk_size: int = 0) -> base.Objective:
                          f"samples), got {samples}")
     if kl_coef < 0 or cfg.clip_eps < 0:
         raise ValueError("objective.kl_coef and objective.clip_eps must be >= 0")
-    return base.Objective(
-        name=name, data="prompts", init=base.no_state,
+    return base.make(
+        name, "prompts",
         prepare=functools.partial(_prepare, name=name, samples=samples, kl_coef=kl_coef,
                                   missing_eos_penalty=float(cfg.missing_eos_penalty),
                                   chunk_size=chunk_size),
+        reference_fields=functools.partial(ppo.reference_logprobs, name=name,
+                                           chunk_size=chunk_size),
         loss=functools.partial(_loss, name=name, kl_coef=kl_coef, clip_eps=float(cfg.clip_eps),
                                chunk_size=chunk_size),
-        update_state=base.keep_state, needs=("reference",), model="lm",
-        online=base.OnlineSpec(mixture=(0.0,) * samples, score="reward"))
+        online=base.OnlineSpec(samples=samples, score="reward"))
 
 
 SETTINGS = {"rloo": RlooSettings, "grpo": GrpoSettings}

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from align.models import specs
 from align.models.heads import last_token_value
 from align.objectives import base
 from align.settings import Settings, setting
@@ -116,14 +117,26 @@ def _loss(model, batch, obj_state, *, rng, center_coef):
     return base.LossOut(jnp.sum(loss_B), n, metrics)
 
 
+OFFSET_ARTIFACT = "reward_offset"  # WORKDIR/reward_offset.json: {"offset": float}
+
+
+def _offset_artifact(apply) -> dict:
+    """Stiennon et al.: the shift that makes the training demonstrations score 0 on average."""
+    scores = [np.asarray(out, np.float64) for _, out in apply(
+        lambda model, b: reward_scores(model, b["tokens"], b["input_mask"]),
+        kind="sft", split="train")]
+    if not scores:
+        raise ValueError("reward offset: the sft train split gave no batch of demonstrations")
+    return {OFFSET_ARTIFACT: {"offset": float(np.concatenate(scores).mean())}}
+
+
 def make(cfg, *, chunk_size: int = 0) -> base.Objective:
     """The Bradley–Terry reward model as an Objective (arXiv 2009.01325)."""
     del chunk_size  # a scalar head has no vocabulary to chunk
     center_coef = RewardModelSettings.of(cfg).center_coef
-    return base.Objective(
-        name="reward_model", data="pairs", init=base.no_state, prepare=base.no_prepare,
-        loss=functools.partial(_loss, center_coef=center_coef), update_state=base.keep_state,
-        needs=(), model="scalar")
+    return base.make("reward_model", "pairs",
+                     loss=functools.partial(_loss, center_coef=center_coef),
+                     model=specs.scalar_model(), artifacts=_offset_artifact)
 
 
 SETTINGS = {"reward_model": RewardModelSettings}

@@ -36,9 +36,7 @@ def _loss(model, batch, obj_state, *, rng, chunk_size):
 def make(config, *, chunk_size: int = 0) -> base.Objective:
     """SFT as an Objective; `config` is the objective section (no settings yet)."""
     del config
-    return base.Objective(
-        name="sft", data="sft", init=base.no_state, prepare=base.no_prepare,
-        loss=functools.partial(_loss, chunk_size=chunk_size), update_state=base.keep_state)
+    return base.make("sft", "sft", loss=functools.partial(_loss, chunk_size=chunk_size))
 
 
 OBJECTIVES = {"sft": make}

@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from align.errors import ConfigError
 from align.tasks.reviews import NUM_STYLES, ReviewWorld, stream_rng
 
 
@@ -39,9 +40,11 @@ class LabelerConfig:
         for name in ("temperature", "length_bias", "filler_bias", "intransitive"):
             value = getattr(self, name)
             if not math.isfinite(value):
-                raise ValueError(f"LabelerConfig.{name}={value}: must be finite")
+                raise ConfigError(f"LabelerConfig.{name}={value}: must be finite",
+                                  key=f"task.{name}")
         if self.temperature < 0:
-            raise ValueError(f"LabelerConfig.temperature={self.temperature}: must be >= 0")
+            raise ConfigError(f"LabelerConfig.temperature={self.temperature}: must be >= 0",
+                              key="task.temperature")
 
 
 def _cycle_matrix() -> np.ndarray:

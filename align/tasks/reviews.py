@@ -39,6 +39,8 @@ from typing import Sequence
 
 import numpy as np
 
+from align.errors import ConfigError
+
 # Single words only, so that a prompt's product and aspect can be read back from its tokens.
 PRODUCTS: dict[str, tuple[str, ...]] = {
     "blender": ("motor", "blades", "jar", "lid"),
@@ -131,23 +133,23 @@ class WorldConfig:
 
     def __post_init__(self):
         if not 1 <= self.num_products <= len(PRODUCTS):
-            raise ValueError(f"WorldConfig.num_products={self.num_products}: must be in [1, {len(PRODUCTS)}]")
+            raise ConfigError(f"WorldConfig.num_products={self.num_products}: must be in [1, {len(PRODUCTS)}]")
         if self.max_sentences < 1:
-            raise ValueError(f"WorldConfig.max_sentences={self.max_sentences}: must be >= 1")
+            raise ConfigError(f"WorldConfig.max_sentences={self.max_sentences}: must be >= 1")
         if self.max_fillers < 0:
-            raise ValueError(f"WorldConfig.max_fillers={self.max_fillers}: must be >= 0")
+            raise ConfigError(f"WorldConfig.max_fillers={self.max_fillers}: must be >= 0")
         for name in ("aspect_prompt_prob", "filler_prob", "negation_prob", "intensifier_prob", "fact_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"WorldConfig.{name}={value}: a probability must be in [0, 1]")
+                raise ConfigError(f"WorldConfig.{name}={value}: a probability must be in [0, 1]")
         if self.reward_scale <= 0:
-            raise ValueError(f"WorldConfig.reward_scale={self.reward_scale}: must be > 0")
+            raise ConfigError(f"WorldConfig.reward_scale={self.reward_scale}: must be > 0")
         if not self.demo_quality or any(len(c) != 3 or c[0] < 0 or c[2] < 0 for c in self.demo_quality):
-            raise ValueError(
+            raise ConfigError(
                 f"WorldConfig.demo_quality={self.demo_quality!r}: need (weight >= 0, mean, std >= 0) triples"
             )
         if sum(c[0] for c in self.demo_quality) <= 0:
-            raise ValueError(f"WorldConfig.demo_quality={self.demo_quality!r}: weights sum to 0")
+            raise ConfigError(f"WorldConfig.demo_quality={self.demo_quality!r}: weights sum to 0")
 
 
 def stream_rng(seed: int, *names: str) -> np.random.Generator:

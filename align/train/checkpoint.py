@@ -24,16 +24,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from align.errors import CheckpointError  # re-exported: no checkpoint in a directory is readable
+
 log = logging.getLogger(__name__)
 
 # JSON has no bytes or tuples; grain's DataLoader state is bytes, so both are tagged.
 _BYTES_TAG = "__bytes__"
 _TUPLE_TAG = "__tuple__"
 _UNREADABLE_SUFFIX = ".unreadable"
-
-
-class CheckpointError(RuntimeError):
-    """No checkpoint in a directory could be read."""
 
 
 class _DropOrbaxChatter(logging.Filter):

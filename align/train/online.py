@@ -9,13 +9,13 @@ L = P + N.
 
 Every process reads the same global prompt batch and, after sampling on the mesh, holds the
 same full arrays: scoring (the gold reward is Python on text) then needs no cross-host text
-exchange, and the rollout goes back to the devices with the batch sharding.
+exchange. The scored rollout goes to the devices once, with the batch sharding; `prepare`
+and the epochs x minibatches of updates then read it there (minibatches by a jitted gather).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,90 +23,80 @@ import numpy as np
 
 from align import mesh as mesh_lib
 from align import sampling
-from align import scorers as scorers_lib
-from align.data import pipeline
-from align.evaluate import policy as policy_eval
+from align import samples as samples_lib
+from align.data import sources
 from align.objectives.base import SCORES
+from align.tasks.labelers import Labeler, LabelerConfig
+from align.train import runs
+from align.train import scorers as scorers_lib
 from align.train import state as state_lib
 from align.train import step as step_lib
 
 
 class Rollouts:
-    """Samples and scores the rollouts of an online objective for a Trainer."""
+    """Samples and scores the rollouts of an online objective (built by `setup.build`)."""
 
-    def __init__(self, trainer):
-        self.t = trainer
-        self.spec = spec = trainer.objective.online
-        name = trainer.objective.name
+    def __init__(self, setup):
+        self.t = setup
+        self.spec = spec = setup.objective.online
+        name = setup.objective.name
         if spec.score not in SCORES:
             raise ValueError(f"objective {name!r}: OnlineSpec.score must be one of {SCORES}, "
                              f"got {spec.score!r}")
-        if spec.score == "preference" and len(spec.mixture) != 2:
+        if spec.samples < 1 or (spec.mixture and len(spec.mixture) != spec.samples):
+            raise ValueError(f"objective {name!r}: OnlineSpec.mixture has one β per sample "
+                             f"({spec.samples}), got {spec.mixture}")
+        if spec.score == "preference" and spec.samples != 2:
             raise ValueError(f"objective {name!r}: preference-scored rollouts sample two "
-                             f"completions per prompt, got mixture {spec.mixture}")
-        if spec.score == "reward" and (not spec.mixture or any(spec.mixture)):
+                             f"completions per prompt, got samples={spec.samples}")
+        if spec.score == "reward" and any(spec.betas()):
             raise ValueError(f"objective {name!r}: reward-scored rollouts sample from the policy "
                              f"(mixture weights 0), got mixture {spec.mixture}")
-        if spec.score == "reward" and trainer.cfg.online.scorer == "preference_model":
+        if spec.score == "reward" and setup.cfg.online.scorer == "preference_model":
             raise ValueError(f"objective {name!r} scores each completion with a reward; "
                              "online.scorer='preference_model' only compares pairs (use 'gold' "
                              "or 'reward_model')")
         self.scorer = self._make_scorer()
-        self._fns: dict[str, Any] = {}
+        self._fns = {mixture: self._sampler(mixture) for mixture in (False, True)}
 
     def _make_scorer(self):
         cfg, t = self.t.cfg, self.t
         run = None
         if cfg.online.scorer != "gold":
-            from align.train import runs
             if not cfg.online.scorer_workdir:
                 raise ValueError(f"online.scorer={cfg.online.scorer!r} needs online.scorer_workdir "
                                  "(a finished run of that model)")
             run = runs.require_finished(cfg.online.scorer_workdir, t.workdir)
         labeler = None
         if t.data.world is not None:
-            from align.data import sources
-            from align.tasks.labelers import Labeler, LabelerConfig
             labeler = Labeler(t.data.world, LabelerConfig(**sources.world_settings(cfg)[1]))
         return scorers_lib.make(cfg.online.scorer, world=t.data.world, labeler=labeler, run=run,
                                 mesh=t.mesh, rules=t.rules)
 
-    def prompt_iterator(self):
-        """Global prompt batches (the same on every process), shuffled, repeating forever."""
-        c = self.t.cfg.data
-        return pipeline.prompt_batches(
-            self.t.data.prompts["train"], self.t.data.tokenizer, batch_size=c.batch_size,
-            max_prompt_len=c.max_prompt_len, seed=self.t.cfg.seed, shuffle=True,
-            num_epochs=None, pad_id=self.t.pad_id, process_index=0, process_count=1)
-
     def _sampler(self, mixture: bool):
-        name = "mixture" if mixture else "policy"
-        if name not in self._fns:
-            t, o = self.t, self.t.cfg.online
+        t, o = self.t, self.t.cfg.online
 
-            def fn(params, ref_params, beta, batch, key):
-                model = state_lib.bind(t.model_def, params)
-                policy = (sampling.mixture_policy(model, state_lib.bind(t.lm_def, ref_params),
-                                                  beta)
-                          if mixture else sampling.model_policy(model))
-                out = sampling.sample(
-                    policy, batch["prompt_tokens"], batch["prompt_mask"],
-                    example_ids_B=batch["example_id"], rng=key,
-                    max_new_tokens=o.max_new_tokens, eos_id=t.data.tokenizer.eos_id,
-                    temperature=o.temperature, pad_id=t.pad_id)
-                return {"tokens": out["tokens_BxN"], "mask": out["mask_BxN"],
-                        "finished": out["finished_B"],
-                        "policy_logp": jnp.sum(out["policy_logp_BxN"], -1),
-                        "entropy_sum": jnp.sum(out["entropy_BxN"] * out["mask_BxN"], -1)}
+        def fn(params, ref_params, beta, batch, key):
+            model = state_lib.bind(t.model_def, params)
+            policy = (sampling.mixture_policy(model, state_lib.bind(t.lm_def, ref_params), beta)
+                      if mixture else sampling.model_policy(model))
+            out = sampling.sample(
+                policy, batch["prompt_tokens"], batch["prompt_mask"],
+                example_ids_B=batch["example_id"], rng=key,
+                max_new_tokens=o.max_new_tokens, eos_id=t.data.tokenizer.eos_id,
+                temperature=o.temperature, pad_id=t.pad_id)
+            return {"tokens": out["tokens_BxN"], "mask": out["mask_BxN"],
+                    "finished": out["finished_B"],
+                    "policy_logp": jnp.sum(out["policy_logp_BxN"], -1),
+                    "entropy_sum": jnp.sum(out["entropy_BxN"] * out["mask_BxN"], -1)}
 
-            self._fns[name] = jax.jit(mesh_lib.traced_under(fn, t.mesh, t.rules))
-        return self._fns[name]
+        return jax.jit(mesh_lib.traced_under(fn, t.mesh, t.rules))
 
     def _draw(self, state, rows, key, *, beta: float, sample_ids):
         """One completion per row, keyed by its sample id (not its position): host arrays."""
         batch = dict(rows, example_id=np.asarray(sample_ids, np.int32))
         dbatch = mesh_lib.put_global(batch, self.t.mesh, self.t.rules)
-        out = self._sampler(beta > 0)(state["params"], self.t.reference, np.float32(beta),
+        out = self._fns[beta > 0](state["params"], self.t.reference, np.float32(beta),
                                       dbatch, key)
         return mesh_lib.to_host(out)
 
@@ -118,20 +108,20 @@ class Rollouts:
         if self.spec.score == "preference":
             # Distinct keys per slot, independent of batch position and sharding.
             samples = [self._draw(state, prompts, key, beta=beta, sample_ids=ids * 2 + i)
-                       for i, beta in enumerate(self.spec.mixture)]
+                       for i, beta in enumerate(self.spec.betas())]
             prompt_rows = prompts
         else:
             # All S completions of a prompt come from the policy: one sampler call on the
             # prompts repeated S times (rows prompt-major: row b·S + s is sample s of prompt b).
-            s = len(self.spec.mixture)
+            s = self.spec.samples
             prompt_rows = {k: np.repeat(np.asarray(v), s, axis=0) for k, v in prompts.items()}
             slots_M = np.tile(np.arange(s, dtype=np.int32), len(ids))
             samples = [self._draw(state, prompt_rows, key, beta=0.0,
                                   sample_ids=prompt_rows["example_id"] * s + slots_M)]
         sample_s = time.perf_counter() - start
         texts_prompt = [str(x) for x in prompt_rows["prompt_text"]]
-        texts = [policy_eval.decode(self.t.data.tokenizer, x) for x in samples]
-        seqs = [dict(zip(("tokens", "input_mask", "loss_mask"), policy_eval.join(
+        texts = [samples_lib.decode(self.t.data.tokenizer, x) for x in samples]
+        seqs = [dict(zip(("tokens", "input_mask", "loss_mask"), samples_lib.join(
             prompt_rows["prompt_tokens"], prompt_rows["prompt_mask"], x["tokens"], x["mask"])))
             for x in samples]
         first = samples[0]
@@ -172,10 +162,47 @@ class Rollouts:
         return rollout
 
 
-def minibatches(rollout: dict[str, np.ndarray], n: int):
-    """Rows i, i+n, i+2n, ...: n minibatches of equal size."""
-    m = len(next(iter(rollout.values())))
+def minibatch_rows(m: int, n: int) -> list[np.ndarray]:
+    """Rows i, i+n, i+2n, ... of an m-row rollout: n minibatches of equal size."""
     if m % n:
         raise ValueError(f"online.minibatches={n} does not divide the {m} rollout rows")
-    return [{k: v[i::n] for k, v in rollout.items()} for i in range(n)]
+    return [np.arange(i, m, n, dtype=np.int32) for i in range(n)]
 
+
+def minibatches(rollout: dict[str, np.ndarray], n: int):
+    """The minibatches of a host rollout (the rows of `minibatch_rows`)."""
+    m = len(next(iter(rollout.values())))
+    return [{k: v[idx] for k, v in rollout.items()} for idx in minibatch_rows(m, n)]
+
+
+def count_tokens(batch) -> float:
+    return float(sum(np.asarray(v).sum() for k, v in batch.items() if k.endswith("input_mask")))
+
+
+def advance(setup, state, prompts, step: int):
+    """One online train step: sample and score a rollout, `prepare` it once on the devices, then
+    epochs x minibatches optimizer steps on minibatches gathered on the devices.
+
+    Returns (state, metrics as device arrays or floats, tokens in the rollout); nothing waits
+    for the updates to finish.
+    """
+    o = setup.cfg.online
+    rollout, rollout_metrics = setup.rollouts.collect(state, prompts, step)
+    n_tokens = count_tokens(rollout)
+    grollout = mesh_lib.put_global(rollout, setup.mesh, setup.rules)
+    key = jax.random.fold_in(step_lib.stream_key(state["rng"], "rollout_prepare"), step)
+    prepared, obj_state, stats = setup.steps.prepare_rollout(
+        state["params"], state["objective"], grollout, setup.frozen, key)
+    state = {**state, "objective": jax.device_put(obj_state, setup.spec.shardings["objective"])}
+    rows = len(rollout["example_id"])
+    updates = []
+    for _ in range(o.epochs):
+        for idx in minibatch_rows(rows, o.minibatches):
+            state, metrics = setup.steps.train(state, setup.steps.gather(prepared, idx),
+                                               setup.frozen)
+            updates.append(metrics)
+    # Each update's metrics averaged over the epochs and minibatches (finite: all of them).
+    merged = {k: (jnp.min if k == "finite" else jnp.mean)(jnp.stack([u[k] for u in updates]))
+              for k in updates[0]}
+    merged.update({f"rollout_{k}": v for k, v in stats.items() if k != "rows"})
+    return state, {**merged, **rollout_metrics}, n_tokens

@@ -1,7 +1,8 @@
 """Reference log-probs computed once per (dataset, reference parameters) and cached in the workdir.
 
-The objective's own `prepare` computes them (so the cache holds exactly the fields the in-step
-reference would add), over the whole train split in order; batches then read them by example_id.
+The objective's own `reference_fields` computes them (a pure function of the reference, so the
+cache holds exactly what the in-step reference would add), over the whole train split in
+order; batches then read them by example_id.
 The cache file is named by a fingerprint of the records, the tokenisation settings and the
 reference parameters, so a second run reuses it and a changed dataset never reads stale values.
 """
@@ -16,6 +17,8 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from align import mesh as mesh_lib
 
 CACHE_DIR = "reference_cache"
 
@@ -121,3 +124,45 @@ class WithReference:
 
     def set_state(self, state):
         self._it.set_state(state)
+
+
+def padded(it, batch_size: int):
+    """Batches padded to a fixed size by repeating their last row (a duplicate writes the same
+    value)."""
+    for batch in it:
+        n = len(batch["example_id"])
+        if n < batch_size:
+            idx = np.concatenate([np.arange(n), np.full(batch_size - n, n - 1)])
+            batch = {k: np.asarray(v)[idx] for k, v in batch.items()}
+        yield batch
+
+
+def table(setup, train_split) -> dict[str, np.ndarray]:
+    """The reference fields of the whole train split of a Setup, loaded or computed once.
+
+    train_split: its batches in order, once (read only when the cache is missing).
+    """
+    c, kind = setup.cfg.data, setup.objective.data
+    source = setup.data.sources[kind]["train"]
+    with open(setup.data.tokenizer.path, "rb") as f:
+        tok_bytes = f.read()
+    settings = {"kind": kind, "max_len": c.max_len, "max_prompt_len": c.max_prompt_len,
+                "pad_id": setup.pad_id, "list_size": c.list_size,
+                "objective": setup.objective.name,
+                "tokenizer": hashlib.sha256(tok_bytes).hexdigest()}
+    fingerprint = hashlib.sha256((dataset_fingerprint(source, settings) +
+                                  params_fingerprint(setup.reference)).encode()).hexdigest()
+    path = cache_path(setup.workdir, fingerprint)
+    found = load(path)
+    if found is not None:
+        return found
+    print(f"computing reference log-probs for {len(source)} {kind} records", flush=True)
+    def fields(batch):
+        gbatch = mesh_lib.to_global(batch, setup.mesh, setup.rules)
+        return mesh_lib.to_host(setup.steps.reference_fields(setup.reference, gbatch))
+
+    computed = compute_table(padded(train_split, setup.eval_batch_size), fields, len(source))
+    if setup.primary:
+        save(path, computed)
+    mesh_lib.barrier("align-reference-cache")
+    return computed

@@ -4,7 +4,6 @@ and data as the starting point (policy and reference) of the next one."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any, NamedTuple
@@ -22,27 +21,30 @@ MODEL_FILE = "model.json"
 EXECUTION_FIELDS = ("dtype", "remat")
 
 
-def make_model(kind: str, model_cfg: transformer.TransformerConfig, objective_cfg, rngs):
-    """The module an objective trains: a policy ("lm"), a policy with a value function
-    ("lm_value"), a reward/value model ("scalar") or a preference model ("preference")."""
-    if kind == "lm":
-        return transformer.Transformer(model_cfg, rngs=rngs)
-    if kind == "lm_value":
-        from align.models.heads import PolicyWithValue
-        return PolicyWithValue(model_cfg, rngs=rngs, critic=str(objective_cfg.get("critic", "head")))
-    if kind == "scalar":
-        from align.models.heads import ScalarModel
-        return ScalarModel(model_cfg, rngs=rngs)
-    if kind == "preference":
-        from align.models.preference import PreferenceModel
-        return PreferenceModel(model_cfg, rngs=rngs,
-                               pref_dim=int(objective_cfg.get("pref_dim", 8)))
-    raise ValueError(f"unknown model kind {kind!r}; valid: lm, lm_value, scalar, preference")
+class Trained(NamedTuple):
+    """What a config trains, without data: the objective, the module and its state spec."""
+
+    objective: Any
+    model_def: state_lib.ModelDef
+    optimizer: Any
+    lr_fn: Any
+    spec: state_lib.StateSpec
 
 
-def model_fn(kind: str, model_cfg, objective_cfg):
-    """rngs -> module, for `state.describe` and initialisation."""
-    return functools.partial(make_model, kind, model_cfg, objective_cfg)
+def trained(cfg, model_cfg: transformer.TransformerConfig, mesh, rules, objective=None
+            ) -> Trained:
+    """The objective a config names, its module's definition, optimizer and sharded state spec."""
+    if objective is None:
+        objective = objectives.make(cfg.objective, chunk_size=cfg.logprobs.chunk_size)
+    make_fn = objective.model.make_fn(model_cfg)
+    model_def = state_lib.describe(make_fn)
+    # Online objectives take epochs x minibatches optimizer steps per rollout (= train step).
+    updates = cfg.online.epochs * cfg.online.minibatches if objective.online else 1
+    optimizer, lr_fn = optim.make(cfg.optim, cfg.train.steps * updates,
+                                  decay_mask=optim.decay_mask_from_names(model_def.names))
+    spec = state_lib.create(model_def, make_fn, optimizer, objective, seed=cfg.seed, mesh=mesh,
+                            rules=rules)
+    return Trained(objective, model_def, optimizer, lr_fn, spec)
 
 
 def resolve_workdir(path: str, workdir: str) -> str:
@@ -156,46 +158,12 @@ def inherit_model(cfg_model, parent: transformer.TransformerConfig) -> transform
 
 
 def final_params(run: Run, mesh, rules):
-    """The newest parameters of a run, restored straight into this mesh's shardings."""
-    objective = objectives.make(run.cfg.objective)
-    make_fn = model_fn(objective.model, run.model_cfg, run.cfg.objective)
-    model_def = state_lib.describe(make_fn)
-    optimizer, _ = optim.make(run.cfg.optim, run.cfg.train.steps,
-                              decay_mask=optim.decay_mask_from_names(model_def.names))
-    spec = state_lib.create(model_def, make_fn, optimizer, objective, seed=run.cfg.seed,
-                            mesh=mesh, rules=rules)
+    """(ModelSpec, parameters, step) of a run's newest checkpoint, restored straight into this
+    mesh's shardings."""
+    t = trained(run.cfg, run.model_cfg, mesh, rules)
     with ckpt_lib.Checkpointer(os.path.join(run.workdir, "checkpoints")) as ckpt:
-        restored = ckpt.restore(spec.abstract)
+        restored = ckpt.restore(t.spec.abstract)
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {run.workdir}/checkpoints")
     state, _, step = restored
-    return state["params"], objective.model, step
-
-
-def lm_params(params, kind: str):
-    """The language model inside a model of `kind` ("lm" or "lm_value")."""
-    if kind == "lm":
-        return params
-    if kind == "lm_value":
-        return params["policy"]
-    raise ValueError(f"a {kind!r} model holds no language model")
-
-
-def adapt_params(params, src_kind: str, dst_kind: str, fresh_params):
-    """Parameters of a `src_kind` model placed into a `dst_kind` one (a policy becomes a backbone)."""
-    if src_kind == dst_kind:
-        return params
-    if src_kind in ("lm", "lm_value"):
-        lm = lm_params(params, src_kind)
-        if dst_kind == "lm":
-            return lm
-        if dst_kind in ("scalar", "preference"):
-            # Reward and preference models start from the policy's weights; their heads are new.
-            return {**fresh_params, "backbone": lm}
-        if dst_kind == "lm_value":
-            # A separate critic starts from the policy's trunk too; value heads start at 0.
-            out = {**fresh_params, "policy": lm}
-            if "critic" in fresh_params:
-                out["critic"] = {**fresh_params["critic"], "backbone": lm}
-            return out
-    raise ValueError(f"cannot start a {dst_kind!r} model from a {src_kind!r} run")
+    return t.objective.model, state["params"], step

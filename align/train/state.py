@@ -14,49 +14,9 @@ import optax
 from flax import nnx
 
 from align import mesh as mesh_lib
+from align.models.specs import ModelDef, bind, describe
 
-Names = tuple  # logical axis names of one array, e.g. ("embed", "mlp")
-
-
-class ModelDef(NamedTuple):
-    """A model without its values: the graph, abstract params and their logical axis names."""
-
-    graphdef: Any
-    abstract_params: Any  # nested dict of jax.ShapeDtypeStruct
-    names: Any  # nested dict of logical-name tuples, same structure
-    template: Any  # abstract nnx.State used to rebuild modules from pure dicts
-
-
-def _is_var(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
-def describe(make_fn: Callable[[nnx.Rngs], nnx.Module]) -> ModelDef:
-    """Abstract description of the module `make_fn` builds (nothing is allocated)."""
-    abstract = nnx.eval_shape(lambda: make_fn(nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract, nnx.Param)
-    rest = nnx.state(abstract, nnx.Not(nnx.Param))
-    if jax.tree.leaves(rest):
-        raise ValueError("models must hold only nnx.Param variables at rest; found "
-                         f"{jax.tree.structure(rest)}")
-
-    def names_of(v):
-        names = v.get_metadata().get("out_sharding")
-        if names is None or len(names) != v.value.ndim:
-            raise ValueError(f"parameter of shape {v.value.shape} lacks logical axis names "
-                             f"(got {names!r})")
-        return tuple(names)
-
-    names = nnx.to_pure_dict(jax.tree.map(names_of, state, is_leaf=_is_var))
-    return ModelDef(graphdef, nnx.to_pure_dict(state), names, state)
-
-
-def bind(model_def: ModelDef, params) -> nnx.Module:
-    """The module with the given pure-dict params (cheap inside jit: tracing only)."""
-    state = jax.tree.map(lambda x: x, model_def.template, is_leaf=_is_var)
-    nnx.replace_by_pure_dict(state, params)
-    return nnx.merge(model_def.graphdef, state)
-
+__all__ = ["ModelDef", "bind", "describe", "StateSpec", "create", "init_params_fn", "num_params"]
 
 def init_params_fn(make_fn: Callable[[nnx.Rngs], nnx.Module]):
     """key -> pure-dict params of a freshly initialised model."""

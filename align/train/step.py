@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from align import mesh as mesh_lib
-from align.objectives.base import ROLLOUT_STAT, LossOut, Models, Objective
+from align.objectives.base import LossOut, Objective
 from align.train import state as state_lib
 
 
@@ -80,56 +80,55 @@ def _accumulated_loss(model_def, objective: Objective, params, batch, obj_state,
     return loss_sum, weight, parts, grads
 
 
-def _models(model_def, params, frozen, ref_def=None) -> Models:
-    """The policy (under stop_gradient) and the frozen models, as modules for `prepare`.
-
-    ref_def describes the reference when it is another kind of model than the policy (a
-    language model beside a policy with a value function).
-    """
+def with_reference(objective: Objective, batch, frozen, ref_def):
+    """The batch with the objective's reference fields, computed here when the reference is in
+    `frozen` (reference.mode=in_step), else already in the batch (read from the cache)."""
     ref = frozen.get("reference")
-    return Models(policy=state_lib.bind(model_def, jax.lax.stop_gradient(params)),
-                  reference=None if ref is None else state_lib.bind(ref_def or model_def, ref))
+    if objective.reference_fields is None or ref is None:
+        return batch
+    reference = state_lib.bind(ref_def, jax.lax.stop_gradient(ref))
+    return {**batch, **objective.reference_fields(reference, batch)}
+
+
+def prepared(objective: Objective, model_def, params, batch, obj_state, frozen, ref_def, rng):
+    """(batch with reference fields and `prepare`'s fields, prepare's stats), no gradient."""
+    batch = with_reference(objective, batch, frozen, ref_def)
+    policy = state_lib.bind(model_def, jax.lax.stop_gradient(params))
+    batch, stats = objective.prepare(policy, batch, obj_state, rng=rng)
+    return batch, {k: jnp.asarray(v, jnp.float32) for k, v in stats.items()}
 
 
 def prepare_rollout(params, obj_state, batch, frozen, key, *, model_def, objective: Objective,
-                    ref_def=None):
-    """An online objective's `prepare` on a whole rollout, then its `update_state` once.
-
-    Returns (prepared batch without the rollout_* fields, new objective state, stats: the
-    rollout_* means plus "rows").
-    """
-    frozen = jax.lax.stop_gradient(frozen)
-    out = objective.prepare(_models(model_def, params, frozen, ref_def), batch, obj_state,
-                            rng=key)
-    prefix = ROLLOUT_STAT
-    stats = {k[len(prefix):]: jnp.mean(v.astype(jnp.float32)) for k, v in out.items()
-             if k.startswith(prefix)}
+                    ref_def):
+    """An online objective's reference fields and `prepare` on a whole rollout, then its
+    `update_state` once: (prepared rollout, new objective state, stats plus "rows")."""
+    out, stats = prepared(objective, model_def, params, batch, obj_state, frozen, ref_def, key)
     stats["rows"] = jnp.asarray(batch[next(iter(batch))].shape[0], jnp.float32)
-    new_obj = objective.update_state(obj_state, stats)
-    return {k: v for k, v in out.items() if not k.startswith(prefix)}, new_obj, stats
+    return out, objective.update_state(obj_state, stats), stats
 
 
 def train_step(state, batch, frozen, *, model_def, objective: Objective, optimizer, lr_fn,
-               accum: int, ref_def=None, update_objective: bool = True):
+               accum: int, ref_def, online: bool = False):
     """One optimizer step; a non-finite loss or gradient leaves the state unchanged.
 
     `frozen` holds parameters that are never trained (e.g. {"reference": params}).
-    update_objective=False leaves the objective state alone (online objectives update it once
-    per rollout, in `prepare_rollout`).
+    online=True: the batch is a minibatch of a rollout that `prepare_rollout` already prepared,
+    and the objective state is updated once per rollout there, not here.
     """
     rng = jax.random.fold_in(stream_key(state["rng"], "train"), state["step"])
     prep_rng, loss_rng = jax.random.split(rng)
     params = state["params"]
-    frozen = jax.lax.stop_gradient(frozen)
-    batch = objective.prepare(_models(model_def, params, frozen, ref_def), batch,
-                              state["objective"], rng=prep_rng)
+    stats = {}
+    if not online:
+        batch, stats = prepared(objective, model_def, params, batch, state["objective"], frozen,
+                                ref_def, prep_rng)
 
     loss_sum, weight, parts, grads = _accumulated_loss(
         model_def, objective, params, batch, state["objective"], loss_rng, accum, grad=True)
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
 
-    metrics = _finalise(loss_sum, weight, parts)
+    metrics = {**stats, **_finalise(loss_sum, weight, parts)}
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["param_norm"] = optax.global_norm(params)
     metrics["lr"] = lr_fn(state["step"])
@@ -142,36 +141,35 @@ def train_step(state, batch, frozen, *, model_def, objective: Objective, optimiz
         "params": keep(new_params, params),
         "opt_state": keep(opt_state, state["opt_state"]),
         "rng": state["rng"],
-        "objective": (keep(objective.update_state(state["objective"], metrics),
-                           state["objective"]) if update_objective else state["objective"]),
+        "objective": (state["objective"] if online else
+                      keep(objective.update_state(state["objective"], metrics),
+                           state["objective"])),
     }
     return new_state, metrics
 
 
-def eval_step(state, batch, frozen, *, model_def, objective: Objective, accum: int = 1,
-              ref_def=None):
+def eval_step(state, batch, frozen, *, model_def, objective: Objective, ref_def, accum: int = 1):
     """Held-out loss and metric parts (sums, so several batches combine exactly)."""
     rng = stream_key(state["rng"], "eval")
-    batch = objective.prepare(_models(model_def, state["params"], frozen, ref_def), batch,
-                              state["objective"], rng=rng)
+    batch, _ = prepared(objective, model_def, state["params"], batch, state["objective"], frozen,
+                        ref_def, rng)
     loss_sum, weight, parts, _ = _accumulated_loss(
         model_def, objective, state["params"], batch, state["objective"], rng, accum, grad=False)
     return {"loss_sum": loss_sum, "weight": weight, "parts": parts}
 
 
-def batch_shardings(batch: Mapping[str, Any], mesh, rules) -> dict[str, Any]:
-    return {k: mesh_lib.batch_sharding(mesh, rules, jnp.ndim(v)) for k, v in batch.items()}
+def jit_train_step(state_sh, frozen_sh, mesh, rules, **kwargs):
+    """The train step under jit with explicit in/out shardings and the state donated.
 
-
-def jit_train_step(state_sh, batch_sh, frozen_sh, mesh, rules, **kwargs):
-    """The train step under jit with explicit in/out shardings and the state donated."""
+    Every batch field is split along its leading (batch) dim: one sharding covers them all.
+    """
     return jax.jit(mesh_lib.traced_under(functools.partial(train_step, **kwargs), mesh, rules),
-                   in_shardings=(state_sh, batch_sh, frozen_sh),
+                   in_shardings=(state_sh, mesh_lib.batch_sharding(mesh, rules), frozen_sh),
                    out_shardings=(state_sh, mesh_lib.replicated(mesh)),
                    donate_argnums=0)
 
 
-def jit_eval_step(state_sh, batch_sh, frozen_sh, mesh, rules, **kwargs):
+def jit_eval_step(state_sh, frozen_sh, mesh, rules, **kwargs):
     return jax.jit(mesh_lib.traced_under(functools.partial(eval_step, **kwargs), mesh, rules),
-                   in_shardings=(state_sh, batch_sh, frozen_sh),
+                   in_shardings=(state_sh, mesh_lib.batch_sharding(mesh, rules), frozen_sh),
                    out_shardings=mesh_lib.replicated(mesh))

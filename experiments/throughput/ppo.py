@@ -3,10 +3,10 @@
     python experiments/throughput/ppo.py                       # 1m, 10m, 50m on this machine
     python experiments/throughput/ppo.py --sizes 10m --prompts 64 --new_tokens 128 --epochs 4
 
-The pieces are the trainer's own: the jitted KV-cache sampler on the policy (PolicyWithValue,
-a value head on the policy trunk by default), `step.prepare_rollout` (old log-probs and values,
-the reference's log-probs, token rewards, GAE, whitening) and the donated train step on
-minibatches. Prompts are random tokens and the score is a random number per completion (a
+The pieces are the trainer's own (`setup.make_steps`): the jitted KV-cache sampler on the
+policy (PolicyWithValue, a value head on the policy trunk by default), `step.prepare_rollout`
+(old log-probs and values, the reference's log-probs, token rewards, GAE, whitening) and the
+donated train step on minibatches gathered on the devices. Prompts are random tokens and the score is a random number per completion (a
 gold or reward-model score is outside the timed compute). eos_id = −1 is never drawn, so every
 completion has --new_tokens tokens.
 
@@ -20,7 +20,6 @@ Dimension letters: B prompts, P prompt tokens, N new tokens.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -32,13 +31,11 @@ import numpy as np
 
 from align import config as config_lib
 from align import mesh as mesh_lib
-from align import objectives, sampling
-from align.evaluate import policy as policy_eval
+from align import sampling
+from align import samples as policy_eval
 from align.models import heads, transformer
 from align.train import online as online_lib
-from align.train import optim
 from align.train import state as state_lib
-from align.train import step as step_lib
 
 
 # run.py beside this script: the sizes, the matmul peak, peak memory, shared table helpers.
@@ -55,27 +52,16 @@ def _timed(fn):
 
 def bench(size: str, *, prompts: int, prompt_len: int, new_tokens: int, epochs: int,
           minibatches: int, critic: str, dtype: str, iterations: int, peak: float) -> dict:
-    d, n_layers, n_heads, n_kv, d_ff, vocab = SIZES[size]
+    vocab = SIZES[size][-1]
     seq = prompt_len + new_tokens
-    cfg = transformer.TransformerConfig(
-        vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-        d_ff=d_ff, max_len=seq, dtype=dtype, scan_layers=n_layers > 4)
-    make_fn = functools.partial(lambda c, rngs: heads.PolicyWithValue(c, rngs=rngs,
-                                                                      critic=critic), cfg)
-    model_def = state_lib.describe(make_fn)
-    lm_def = state_lib.describe(functools.partial(
-        lambda c, rngs: transformer.Transformer(c, rngs=rngs), cfg))
-    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    rules = mesh_lib.logical_rules(config_lib.default_config().mesh.rules)
-    optimizer, lr_fn = optim.make(config_lib.default_config().optim, 1000,
-                                  decay_mask=optim.decay_mask_from_names(model_def.names))
-    obj = objectives.make(config_lib.objective_config("ppo", critic=critic, kl_target=0.0))
-    _, shardings, init_fn, _ = state_lib.create(model_def, make_fn, optimizer, obj, seed=0,
-                                                mesh=mesh, rules=rules)
-    state = init_fn()
-    frozen = {"reference": state_lib.init_params_fn(make_fn)(jax.random.key(1))["policy"]}
-    frozen_sh = {"reference": mesh_lib.tree_shardings(lm_def.abstract_params, lm_def.names,
-                                                      rules, mesh)}
+    obj_cfg = config_lib.objective_config("ppo", critic=critic, kl_target=0.0)
+    b = _RUN.build(size, obj_cfg, seq=seq, dtype=dtype)
+    cfg, mesh, rules, steps = b.model_cfg, b.mesh, b.rules, b.steps
+    model_def = b.trained.model_def
+    state = b.trained.spec.init_fn()
+    # The reference: the language model inside an independently initialised policy.
+    frozen = {"reference": b.trained.objective.model.language_model(
+        b.trained.spec.init_fn()["params"])}
     rng = np.random.default_rng(0)
     prompt_batch = {"prompt_tokens": rng.integers(4, vocab, (prompts, prompt_len)).astype(np.int32),
                     "prompt_mask": np.ones((prompts, prompt_len), np.int32),
@@ -94,27 +80,19 @@ def bench(size: str, *, prompts: int, prompt_len: int, new_tokens: int, epochs: 
                 "finished": out["finished_B"].astype(jnp.float32)}
 
     sample = jax.jit(mesh_lib.traced_under(sample_fn, mesh, rules))
-    prepare = jax.jit(mesh_lib.traced_under(functools.partial(
-        step_lib.prepare_rollout, model_def=model_def, objective=obj, ref_def=lm_def), mesh,
-        rules))
-    train = None
     phases = {"sample": [], "prepare": [], "update": []}
+    rows = prompts
     for it in range(iterations + 1):  # the first iteration compiles
         key = jax.random.key(it)
         rollout, t_sample = _timed(lambda: sample(state["params"], dprompts, key))
-        (prepared, obj_state, _), t_prepare = _timed(
-            lambda: prepare(state["params"], state["objective"], rollout, frozen, key))
-        host = mesh_lib.to_host(prepared)
+        (prepared, obj_state, _), t_prepare = _timed(lambda: steps.prepare_rollout(
+            state["params"], state["objective"], rollout, frozen, key))
+        # As the trainer does: the rollout stays on the devices; minibatches by a jitted gather.
         t_update = 0.0
         for _ in range(epochs):
-            for mb in online_lib.minibatches(host, minibatches):
-                gmb = mesh_lib.put_global(mb, mesh, rules)
-                if train is None:
-                    train = step_lib.jit_train_step(
-                        shardings, step_lib.batch_shardings(gmb, mesh, rules), frozen_sh, mesh,
-                        rules, model_def=model_def, objective=obj, optimizer=optimizer,
-                        lr_fn=lr_fn, accum=1, ref_def=lm_def, update_objective=False)
-                (state, metrics), t = _timed(lambda: train(state, gmb, frozen))
+            for idx in online_lib.minibatch_rows(rows, minibatches):
+                (state, metrics), t = _timed(
+                    lambda: steps.train(state, steps.gather(prepared, idx), frozen))
                 t_update += t
         if it:
             for name, t in (("sample", t_sample), ("prepare", t_prepare), ("update", t_update)):

@@ -12,25 +12,23 @@ Dimension letters: B batch, T tokens.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from align import mesh as mesh_lib
-from align import objectives
 from align import config as config_lib
+from align import mesh as mesh_lib
 from align.models import transformer
-from align.train import optim
-from align.train import state as state_lib
-from align.train import step as step_lib
+from align.train import runs
+from align.train import setup as setup_lib
 
 # name -> (d_model, n_layers, n_heads, n_kv_heads, d_ff, vocab)
 SIZES = {
@@ -112,6 +110,41 @@ def save_results(path: str, device, peak: float, rows: list[dict]) -> None:
         json.dump({"device": device.device_kind, "peak_flops": peak, "rows": rows}, f, indent=1)
 
 
+class Built(NamedTuple):
+    cfg: Any
+    model_cfg: transformer.TransformerConfig
+    mesh: Any
+    rules: Any
+    trained: runs.Trained
+    lm_def: Any
+    steps: setup_lib.Steps
+
+
+def build(size: str, objective_cfg, *, seq: int, dtype: str, remat: str = "none",
+          chunk_size: int = 0, accum: int = 1) -> Built:
+    """A size of SIZES trained by an objective, on a data-parallel mesh of every device: the
+    trainer's own state spec and jitted steps (`runs.trained`, `setup.make_steps`), without
+    data (the benchmarks feed random tokens)."""
+    d, n_layers, n_heads, n_kv, d_ff, vocab = SIZES[size]
+    cfg = config_lib.default_config()
+    cfg.model.update(vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads,
+                     n_kv_heads=n_kv, d_ff=d_ff, max_len=seq, dtype=dtype, remat=remat,
+                     scan_layers=n_layers > 4)
+    cfg.objective = objective_cfg
+    cfg.logprobs.chunk_size = chunk_size
+    cfg.optim.accum_steps = accum
+    cfg.train.steps = 1000
+    model_cfg = transformer.transformer_config(dict(cfg.model))
+    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    rules = mesh_lib.logical_rules(cfg.mesh.rules)
+    trained = runs.trained(cfg, model_cfg, mesh, rules)
+    lm_def = setup_lib.language_model_def(trained, model_cfg)
+    steps = setup_lib.make_steps(
+        cfg, trained, lm_def, mesh, rules, in_step=trained.objective.uses_reference, eos_id=-1,
+        reference_sh=setup_lib.reference_shardings(trained, lm_def, mesh, rules))
+    return Built(cfg, model_cfg, mesh, rules, trained, lm_def, steps)
+
+
 def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int,
           chunk_size: int, peak: float, objective: str = "sft") -> dict:
     """Times one objective's train step. DPO: `batch` pairs, policy and in-step reference.
@@ -120,28 +153,15 @@ def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int
     token: the training FLOPs (forward + backward) plus, for DPO, the reference's forward pass
     (a third of them).
     """
-    d, n_layers, n_heads, n_kv, d_ff, vocab = SIZES[size]
-    cfg = transformer.TransformerConfig(
-        vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-        d_ff=d_ff, max_len=seq, dtype=dtype, remat=remat, scan_layers=n_layers > 4)
-    make_fn = functools.partial(lambda c, rngs: transformer.Transformer(c, rngs=rngs), cfg)
-    model_def = state_lib.describe(make_fn)
-    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    rules = mesh_lib.logical_rules(config_lib.default_config().mesh.rules)
-    optim_cfg = config_lib.default_config().optim
-    optimizer, lr_fn = optim.make(optim_cfg, 1000,
-                                  decay_mask=optim.decay_mask_from_names(model_def.names))
-    obj = objectives.make(config_lib.objective_config(objective), chunk_size=chunk_size)
-    _, shardings, init_fn, _ = state_lib.create(model_def, make_fn, optimizer, obj, seed=0,
-                                            mesh=mesh, rules=rules)
-    state = init_fn()
-    frozen, frozen_sh = {}, {}
-    if "reference" in obj.needs:
-        frozen, frozen_sh = {"reference": init_fn()["params"]}, {"reference": shardings["params"]}
+    vocab = SIZES[size][-1]
+    b = build(size, config_lib.objective_config(objective), seq=seq, dtype=dtype, remat=remat,
+              chunk_size=chunk_size)
+    cfg, obj, mesh, rules = b.model_cfg, b.trained.objective, b.mesh, b.rules
+    state = b.trained.spec.init_fn()
+    # The reference: a second, independent copy (the state is donated to the step).
+    frozen = ({"reference": b.trained.spec.init_fn()["params"]} if obj.uses_reference else {})
     gbatch = mesh_lib.to_global(_batch(objective, batch, seq, vocab), mesh, rules)
-    step_fn = step_lib.jit_train_step(
-        shardings, step_lib.batch_shardings(gbatch, mesh, rules), frozen_sh, mesh, rules,
-        model_def=model_def, objective=obj, optimizer=optimizer, lr_fn=lr_fn, accum=1)
+    step_fn = b.steps.train
     t0 = time.perf_counter()
     state, metrics = step_fn(state, gbatch, frozen)
     jax.block_until_ready(metrics)
@@ -155,7 +175,7 @@ def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int
     step_s = float(np.median(times))
     sequences = batch * (1 if objective == "sft" else 2)
     tokens_per_s = sequences * seq / step_s
-    flops = transformer.flops_per_token(cfg, seq) * (4 / 3 if "reference" in obj.needs else 1)
+    flops = transformer.flops_per_token(cfg, seq) * (4 / 3 if obj.uses_reference else 1)
     mem, mem_kind = peak_memory_bytes()
     return {
         "objective": objective, "size": size, "params": transformer.num_params(cfg),

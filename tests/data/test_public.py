@@ -379,8 +379,9 @@ def test_dpo_trains_on_public_pairs(tmp_path):
         "--config.data.max_len=40", "--config.data.max_prompt_len=20",
         "--config.eval.max_new_tokens=20",
         "--config.init.workdir=", "--config.init.config=", "--config.train.progress=False"])
-    trainer = loop.Trainer(cfg, str(tmp_path / "run"))
-    assert trainer.data.tokenizer.joint and trainer.data.world is None
-    state, metrics = trainer.train_step(trainer.init_fn(), next(trainer.train_iterator()))
-    trainer.close()
+    setup = loop.build(cfg, str(tmp_path / "run"))
+    assert setup.data.tokenizer.joint and setup.data.world is None
+    batch = next(loop.train_iterator(setup))
+    state, metrics = loop.advance(setup, setup.spec.init_fn(), batch, 0)[:2]
+    setup.close()
     np.testing.assert_allclose(float(metrics["loss"]), np.log(2), rtol=1e-6)

@@ -190,9 +190,9 @@ def test_public_source_through_prepare(tmp_path):
     data = sources.prepare(cfg, str(tmp_path / "run"), kinds=("sft", "pairs", "prompts"))
     assert data.world is None and data.tokenizer.joint
     assert len(data.pairs["train"]) == 24 and len(data.sft["test"]) == 4
-    batch = next(pipeline.pair_batches(data.pairs["train"], data.tokenizer, batch_size=4,
-                                       max_len=32, max_prompt_len=12, seed=0, process_index=0,
-                                       process_count=1))
+    batch = next(pipeline.batches("pairs", data.pairs["train"], data.tokenizer, batch_size=4,
+                                  max_len=32, max_prompt_len=12, seed=0, process_index=0,
+                                  process_count=1))
     assert batch["chosen_tokens"].shape == (4, 32)
     rep = token_report.token_report(data.pairs["train"], data.tokenizer, "pairs", max_len=32,
                                 max_prompt_len=12)

@@ -17,7 +17,6 @@ from align import config as config_lib
 from align import logprobs
 from align import objectives
 from align.models import transformer as tr
-from align.objectives import base
 from align.objectives import listwise as lw
 from align.objectives import pairwise
 
@@ -339,7 +338,8 @@ def test_registry_and_config():
         cfg = config_lib.objective_config(name)
         assert cfg.beta == 0.05
         obj = objectives.make(cfg)
-        assert (obj.name, obj.data, obj.model, obj.needs) == (name, "lists", "lm", ("reference",))
+        assert (obj.name, obj.data, obj.model.name, obj.uses_reference) == (name, "lists", "lm",
+                                                                         True)
         assert name in objectives.names()
     cfg = config_lib.objective_config("lipo_lambda", weighting="constant_gain")
     assert (cfg.weighting, cfg.scale_by_list_size) == ("constant_gain", False)
@@ -355,8 +355,8 @@ def test_registry_and_config():
 def prepared(model):
     """The gold-labelled batch with ref_logp from `model`, through a jitted prepare."""
     obj = make_objective("lipo_lambda")
-    prepare = nnx.jit(lambda m, bt: obj.prepare(base.Models(m, m), bt, {}, rng=None))
-    return prepare(model, lists_batch(gold=True))
+    add = nnx.jit(lambda m, bt: {**bt, **obj.reference_fields(m, bt)})
+    return add(model, lists_batch(gold=True))
 
 
 def test_prepare_adds_reference_logprobs(model, prepared):
@@ -374,15 +374,14 @@ def test_prepare_adds_reference_logprobs(model, prepared):
                                                                   "loss_mask")))
         np.testing.assert_allclose(prepared["ref_logp"][b, k], want, rtol=1e-5, atol=1e-5)
     assert prepared["ref_logp"][1, 2] == 0.0 and np.all(np.asarray(prepared["ref_logp"]) <= 0)
-    again = obj.prepare(base.Models(policy=model, reference=None), prepared, {}, rng=None)
-    assert again["ref_logp"] is prepared["ref_logp"]
-    with pytest.raises(ValueError, match="no 'ref_logp' and no reference"):
-        obj.prepare(base.Models(policy=model, reference=None), batch, {}, rng=None)
+    again, stats = obj.prepare(model, prepared, {}, rng=None)
+    assert again["ref_logp"] is prepared["ref_logp"] and stats == {}
+    with pytest.raises(ValueError, match=r"lacks \['ref_logp'\]"):
+        obj.loss(model, batch, {}, rng=None)
     with pytest.raises(ValueError, match="'labels' has shape"):
         obj.loss(model, dict(prepared, labels=batch["labels"][:, :2]), {}, rng=None)
     with pytest.raises(ValueError, match="'tokens' must be"):
-        obj.prepare(base.Models(model, model), dict(batch, tokens=batch["tokens"][0]), {},
-                    rng=None)
+        obj.reference_fields(model, dict(batch, tokens=batch["tokens"][0]))
 
 
 def test_loss_at_reference_equals_oracle_at_zero(model, prepared):
@@ -409,8 +408,7 @@ def test_cached_reference_scores_metrics_and_gradients(model, prepared):
     s = np.array([[0.3, 1.2, -0.4], [0.8, 0.5, 0.0]], np.float32)
     # A cached reference chosen so that the scores are s; no reference model is given.
     batch = dict(prepared, ref_logp=np.asarray(prepared["ref_logp"]) - s / 0.5)
-    batch = objs["pair_hinge"].prepare(base.Models(policy=model, reference=None), batch, {},
-                                       rng=None)
+    batch, _ = objs["pair_hinge"].prepare(model, batch, {}, rng=None)
 
     @nnx.jit
     def run(m, bt):

@@ -16,7 +16,6 @@ from align import logprobs
 from align import mesh as mesh_lib
 from align import objectives
 from align.models import transformer as tr
-from align.objectives import base
 from align.objectives import pairwise as pw
 
 # ----------------------------------------------------------------------------- float64 oracles
@@ -294,7 +293,11 @@ def oracle(name, cfg, pol, ref):
 
 
 def run(obj, policy, reference, batch):
-    prepared = obj.prepare(base.Models(policy, reference), batch, obj.init(), rng=None)
+    """(prepared batch, loss) in the train step's order: reference fields, prepare, loss."""
+    if reference is not None and obj.reference_fields is not None:
+        batch = {**batch, **obj.reference_fields(reference, batch)}
+    prepared, stats = obj.prepare(policy, batch, obj.init(), rng=None)
+    assert stats == {}
     return prepared, obj.loss(policy, prepared, obj.init(), rng=None)
 
 
@@ -307,7 +310,7 @@ def test_binding_matches_oracle(models, oracle_sums, name, settings):
     batch, pol, ref = oracle_sums
     cfg = config_lib.objective_config(name, **settings)
     obj = objectives.make(cfg)
-    assert (obj.name, obj.data, obj.model) == (name, "pairs", "lm")
+    assert (obj.name, obj.data, obj.model.name) == (name, "pairs", "lm")
     prepared, out = run(obj, policy, reference, batch)
     loss_B, reward_w, reward_l = oracle(name, cfg, pol, ref)
     assert float(out.weight) == B
@@ -325,11 +328,11 @@ def test_binding_matches_oracle(models, oracle_sums, name, settings):
     agree = np.where(gw > gl, reward_w > reward_l, reward_w < reward_l)[decided]
     np.testing.assert_allclose(m["gold_agreement"], agree.mean())
     assert float(out.metrics["gold_agreement"][1]) == B - 1
-    if "reference" in obj.needs:
+    if obj.uses_reference:
         np.testing.assert_allclose(prepared["ref_chosen_logp"], ref[0][0], rtol=1e-5)
         np.testing.assert_allclose(prepared["ref_rejected_logp"], ref[1][0], rtol=1e-5)
     else:
-        assert obj.needs == () and "ref_chosen_logp" not in prepared
+        assert not obj.uses_reference and "ref_chosen_logp" not in prepared
 
 
 def test_ipo_mean_normalisation_differs_from_sum(models):
@@ -368,11 +371,9 @@ def test_prefilled_reference_fields_are_used_not_recomputed(models, oracle_sums)
     _, out_fake = run(obj, policy, None, fake)
     np.testing.assert_allclose(float(out_fake.loss_sum), o_dpo(sw + 3.0, sl + 7.0, 0.1).sum(),
                                rtol=1e-5)
-    with pytest.raises(ValueError, match="needs a reference model"):
-        obj.prepare(base.Models(policy, None), batch, {}, rng=None)
     half = dict(batch, ref_chosen_logp=np.zeros(B, np.float32))
-    with pytest.raises(ValueError, match="ref_chosen_logp.*ref_rejected_logp.*both"):
-        obj.prepare(base.Models(policy, reference), half, {}, rng=None)
+    with pytest.raises(ValueError, match="lacks \\['ref_rejected_logp'\\]"):
+        obj.loss(policy, half, {}, rng=None)
     with pytest.raises(ValueError, match="lacks \\['ref_chosen_logp', 'ref_rejected_logp'\\]"):
         obj.loss(policy, batch, {}, rng=None)
 
@@ -459,8 +460,7 @@ def test_configs_and_setting_errors():
         cfg = config_lib.objective_config(name)
         assert cfg.name == name
         obj = objectives.make(cfg, chunk_size=4)
-        assert obj.needs == (("reference",) if name in (
-            "dpo", "cdpo", "robust_dpo", "ipo", "slic_norm") else ())
+        assert obj.uses_reference == (name in ("dpo", "cdpo", "robust_dpo", "ipo", "slic_norm"))
     assert config_lib.objective_config("slic_hf").to_dict() == dict(
         name="slic_hf", delta=1.0, lam=0.1, target="chosen")
     with pytest.raises(config_lib.ConfigError, match="objective.label_smoothing = 0.5.*< 0.5"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from align import config as config_lib
-from align.objectives import base, ppo
+from align.objectives import ppo
 
 M, L = 3, 7
 # Two prompt columns, then completions of 5, 3 and 4 tokens (the rest is padding).
@@ -69,8 +69,8 @@ def test_prepare_matches_the_float64_oracle(penalty):
     ref = (logp + rng.normal(0, 0.3, (M, L))).astype(np.float32)
     values = rng.normal(0, 0.5, (M, L)).astype(np.float32)
     obj = _objective(kl_coef=0.3, lam=0.9, missing_eos_penalty=penalty)
-    models = base.Models(policy=FixedPolicy(jnp.asarray(logp), jnp.asarray(values)))
-    out = obj.prepare(models, dict(batch, ref_logp=ref), obj.init(), rng=jax.random.key(0))
+    policy = FixedPolicy(jnp.asarray(logp), jnp.asarray(values))
+    out, stats = obj.prepare(policy, dict(batch, ref_logp=ref), obj.init(), rng=jax.random.key(0))
     # Row 1 is unfinished: it alone pays the missing-eos penalty.
     score = batch["score"] - penalty * (1 - batch["finished"])
     adv, returns = _oracle(logp, ref, values, score, LOSS_MASK, kl_coef=0.3, gamma=1.0, lam=0.9)
@@ -78,12 +78,14 @@ def test_prepare_matches_the_float64_oracle(penalty):
     np.testing.assert_allclose(out["returns"], returns, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["old_logp"], logp)
     kl = ((logp - ref) * LOSS_MASK).sum(-1)
-    np.testing.assert_allclose(out["rollout_kl"], kl, rtol=1e-5)
-    np.testing.assert_allclose(out["rollout_kl_penalty"], -0.3 * kl, rtol=1e-5)
-    np.testing.assert_allclose(out["rollout_score"], score, rtol=1e-6)
-    # A prepared rollout is left alone (minibatches of it are prepared already).
-    again = obj.prepare(models, out, obj.init(), rng=jax.random.key(1))
-    assert again is out
+    # Statistics are rollout means, reported and handed to update_state.
+    np.testing.assert_allclose(stats["kl"], kl.mean(), rtol=1e-5)
+    np.testing.assert_allclose(stats["kl_penalty"], -0.3 * kl.mean(), rtol=1e-5)
+    np.testing.assert_allclose(stats["score"], score.mean(), rtol=1e-6)
+    np.testing.assert_allclose(stats["kl_coef"], 0.3)
+    # Preparing is a function of the policy, the rollout and the state: the same again.
+    again, _ = obj.prepare(policy, out, obj.init(), rng=jax.random.key(1))
+    np.testing.assert_array_equal(again["advantages"], out["advantages"])
 
 
 def _prepared(rng, *, logp, values):
@@ -151,7 +153,6 @@ def test_bad_settings_and_rollouts_are_errors():
         config_lib.objective_config("ppo", critic="twin")
     obj = _objective()
     with pytest.raises(ValueError, match="missing \\['score'\\]"):
-        obj.prepare(base.Models(policy=None), {"tokens": np.zeros((2, 3), np.int32),
-                                               "input_mask": np.ones((2, 3), np.int32),
-                                               "loss_mask": np.ones((2, 3), np.int32)},
-                    obj.init(), rng=jax.random.key(0))
+        obj.reference_fields(None, {"tokens": np.zeros((2, 3), np.int32),
+                                     "input_mask": np.ones((2, 3), np.int32),
+                                     "loss_mask": np.ones((2, 3), np.int32)})

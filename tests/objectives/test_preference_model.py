@@ -82,13 +82,13 @@ def test_preference_loss_oracle_extremes_and_grads():
 def test_binding_matches_float64_oracle_from_embeddings(model_def, params):
     batch = _pairs_batch(2, gold=True)
     objective = pm.make(config_lib.objective_config("preference_model", pref_dim=4))
-    assert (objective.name, objective.data, objective.model, objective.needs) == (
-        "preference_model", "pairs", "preference", ())
+    assert (objective.name, objective.data, objective.model.name, objective.uses_reference) == (
+        "preference_model", "pairs", "preference", False)
 
     @jax.jit
     def run(params, batch):
         model = state_lib.bind(model_def, params)
-        out = objective.loss(model, objective.prepare(None, batch, {}, rng=None), {}, rng=None)
+        out = objective.loss(model, objective.prepare(None, batch, {}, rng=None)[0], {}, rng=None)
         embed_w = model.embed(batch["chosen_tokens"], input_mask_BxT=batch["chosen_input_mask"])
         embed_l = model.embed(batch["rejected_tokens"],
                               input_mask_BxT=batch["rejected_input_mask"])

@@ -106,13 +106,13 @@ def test_binding_matches_separate_forwards_and_oracle(model_def, params):
     batch = _pairs_batch(2, gold=True)
     cfg = config_lib.objective_config("reward_model", center_coef=0.3)
     objective = rm.make(cfg)
-    assert (objective.name, objective.data, objective.model, objective.needs) == (
-        "reward_model", "pairs", "scalar", ())
+    assert (objective.name, objective.data, objective.model.name, objective.uses_reference) == (
+        "reward_model", "pairs", "scalar", False)
 
     @jax.jit
     def run(params, batch):
         model = state_lib.bind(model_def, params)
-        out = objective.loss(model, objective.prepare(None, batch, {}, rng=None), {}, rng=None)
+        out = objective.loss(model, objective.prepare(None, batch, {}, rng=None)[0], {}, rng=None)
         r_w = rm.reward_scores(model, batch["chosen_tokens"], batch["chosen_input_mask"])
         r_l = rm.reward_scores(model, batch["rejected_tokens"], batch["rejected_input_mask"])
         return out, r_w, r_l

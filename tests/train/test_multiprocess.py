@@ -35,9 +35,9 @@ def _env(devices: int) -> dict:
 def _final_params(workdir):
     cfg = config_lib.config_from_json(os.path.join(workdir, "config.json"))
     cfg.distributed.update(coordinator_address="", num_processes=0, process_id=-1)
-    trainer = loop.Trainer(cfg, str(workdir), devices=jax.devices()[:4])
-    state, _, step = trainer.checkpointer.restore(trainer.abstract)
-    trainer.close()
+    setup = loop.build(cfg, str(workdir), devices=jax.devices()[:4])
+    state, _, step = setup.checkpointer.restore(setup.spec.abstract)
+    setup.close()
     return step, [np.asarray(x) for x in jax.tree.leaves(state["params"])]
 
 

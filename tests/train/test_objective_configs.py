@@ -10,6 +10,8 @@ import pytest
 from align import config as config_lib
 from align import objectives
 from align.train import loop
+from align.train import reference as reference_lib
+from align.train import setup as setup_lib
 from configs import online, preference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,31 +58,31 @@ def test_one_step_smoke_run(name, data_dir, tmp_path):
     cfg = _config(_spec(name), data_dir, "--config.data.list_size=3",
                   "--config.online.max_new_tokens=6",
                   *([] if sampling else ["--config.eval.num_samples=0"]))
-    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
+    setup = loop.build(cfg, str(tmp_path), devices=jax.devices()[:1])
     try:
-        result = trainer.train()
+        result = loop.train(setup)
     finally:
-        trainer.close()
+        setup.close()
     assert result["step"] == 1
     if name not in online.NAMES:  # online objectives have no held-out loss
         assert np.isfinite(result["eval"]["loss"])
     if sampling and name != "sft":
         assert np.isfinite(result["eval"]["kl"]) and 0 <= result["eval"]["win_rate"] <= 1
-    if trainer.objective.model == "scalar":
-        assert os.path.exists(tmp_path / loop.REWARD_OFFSET_FILE)
+    if setup.objective.model.name == "scalar":
+        assert os.path.exists(tmp_path / "reward_offset.json")
 
 
 def _dpo_losses_and_params(cfg, workdir, devices, steps=2):
-    trainer = loop.Trainer(cfg, str(workdir), devices=devices)
-    state = trainer.init_fn()
-    it = trainer.train_iterator()
+    setup = loop.build(cfg, str(workdir), devices=devices)
+    state = setup.spec.init_fn()
+    it = loop.train_iterator(setup)
     losses = []
     for _ in range(steps):
-        state, metrics = trainer.train_step(state, next(it))
+        state, metrics = loop.advance(setup, state, next(it), 0)[:2]
         losses.append(float(metrics["loss"]))
     params = [np.asarray(x) for x in jax.tree.leaves(state["params"])]
-    trainer.close()
-    return losses, params, trainer
+    setup.close()
+    return losses, params, setup
 
 
 def test_dpo_step_on_a_2x4_mesh_equals_one_device(data_dir, tmp_path):
@@ -112,22 +114,28 @@ def test_cached_reference_equals_in_step_reference(name, data_dir, tmp_path):
     assert cached[2].frozen == {} and in_step[2].frozen  # the cached run never runs the reference
 
 
+def _reference_table(setup):
+    split = setup_lib.batches(setup, setup.objective.data, "train", train=False,
+                              drop_remainder=False)
+    return reference_lib.table(setup, split)
+
+
 def test_reference_cache_is_reused_and_rebuilt_when_the_data_changes(data_dir, tmp_path, capsys):
     spec = "configs/preference.py:objective=dpo,size=tiny,steps=1"
     args = ["--config.reference.mode=cached"]
     for _ in range(2):  # the second run reuses the file
         cfg = _config(spec, data_dir, *args)
-        trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
-        first = trainer.reference_cache()
-        trainer.close()
+        setup = loop.build(cfg, str(tmp_path), devices=jax.devices()[:1])
+        first = _reference_table(setup)
+        setup.close()
     out = capsys.readouterr().out
     assert out.count("computing reference log-probs") == 1
     files = glob.glob(str(tmp_path / "reference_cache" / "*.npz"))
     assert len(files) == 1
     # Different labels (a noisier labeler) make different pairs: a new cache, never the stale one.
     cfg = _config(spec, data_dir, *args, "--config.task.temperature=3.0")
-    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:1])
-    second = trainer.reference_cache()
-    trainer.close()
+    setup = loop.build(cfg, str(tmp_path), devices=jax.devices()[:1])
+    second = _reference_table(setup)
+    setup.close()
     assert len(glob.glob(str(tmp_path / "reference_cache" / "*.npz"))) == 2
     assert not np.array_equal(first["ref_chosen_logp"], second["ref_chosen_logp"])

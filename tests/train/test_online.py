@@ -23,11 +23,11 @@ def sft_run(tmp_path_factory):
                              SMALL + ["--config.train.eval_every=0",
                                       "--config.eval.num_samples=0"])
     config_lib.write_config(cfg, workdir)
-    trainer = loop.Trainer(cfg, workdir, devices=jax.devices()[:1])
+    setup = loop.build(cfg, workdir, devices=jax.devices()[:1])
     try:
-        trainer.train()
+        loop.train(setup)
     finally:
-        trainer.close()
+        setup.close()
     return workdir
 
 
@@ -39,8 +39,8 @@ def _online(name, sft_run, workdir, devices, *overrides):
                  "--config.optim.warmup_steps=0", "--config.train.eval_every=0",
                  "--config.train.log_every=1", "--config.eval.num_samples=0",
                  "--config.online.max_new_tokens=24", *overrides])
-    trainer = loop.Trainer(cfg, str(workdir), devices=devices)
-    return trainer
+    setup = loop.build(cfg, str(workdir), devices=devices)
+    return setup
 
 
 REPORTED = {  # what every online step reports, and what each kind adds
@@ -56,12 +56,12 @@ REPORTED = {  # what every online step reports, and what each kind adds
                                   "rloo", "grpo"])
 def test_short_online_run_raises_the_gold_reward(name, sft_run, tmp_path):
     # Evaluations at step 0 and at the end, on the same 64 held-out prompts and keys.
-    trainer = _online(name, sft_run, tmp_path, jax.devices()[:1], "--config.eval.num_samples=64",
+    setup = _online(name, sft_run, tmp_path, jax.devices()[:1], "--config.eval.num_samples=64",
                       "--config.train.eval_every=1000")
     try:
-        result = trainer.train()
+        result = loop.train(setup)
     finally:
-        trainer.close()
+        setup.close()
     from align.train import metrics as metrics_lib
     start = [r for r in metrics_lib.read_metrics(str(tmp_path))
              if r["step"] == 0 and "eval/sample_gold_reward" in r][0]
@@ -81,17 +81,17 @@ def test_short_online_run_raises_the_gold_reward(name, sft_run, tmp_path):
 def test_one_and_eight_devices_agree(name, steps, sft_run, tmp_path):
     results = []
     for n, mesh in ((1, []), (8, ["--config.mesh.data=4", "--config.mesh.fsdp=2"])):
-        trainer = _online(name, sft_run, tmp_path / str(n), jax.devices()[:n], *mesh)
+        setup = _online(name, sft_run, tmp_path / str(n), jax.devices()[:n], *mesh)
         try:
-            state, _ = trainer.restore_or_init(trainer.train_iterator())
-            it = trainer.train_iterator()
+            state, _ = loop.restore_or_init(setup, loop.train_iterator(setup))
+            it = loop.train_iterator(setup)
             losses = []
             for step in range(steps):
-                state, metrics, _ = trainer._advance(state, next(it), step)
+                state, metrics, _ = loop.advance(setup, state, next(it), step)
                 losses.append(float(metrics["loss"]))
             results.append((losses, [np.asarray(x) for x in jax.tree.leaves(state["params"])]))
         finally:
-            trainer.close()
+            setup.close()
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-4, atol=1e-6)
     for a, b in zip(results[1][1], results[0][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

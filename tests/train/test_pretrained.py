@@ -95,5 +95,5 @@ def test_a_run_and_a_checkpoint_cannot_both_be_the_start(tmp_path):
     cfg = config_lib.resolve(os.path.join(ROOT, "configs/sft.py:size=tiny,steps=1"), [
         "--config.init.workdir=elsewhere", f"--config.init.pretrained={tmp_path}"])
     with pytest.raises(ValueError, match="not both"):
-        loop.Trainer(cfg, str(tmp_path / "run"))
+        loop.build(cfg, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()  # nothing written

@@ -47,18 +47,18 @@ def test_sharded_training_equals_single_device(shape, data_dir, tmp_path):
                    f"--config.mesh.fsdp={mesh_shape[1]}", f"--config.mesh.tensor={mesh_shape[2]}",
                    "--config.optim.accum_steps=2")
         devices = jax.devices()[:int(np.prod(mesh_shape))]
-        trainer = loop.Trainer(cfg, str(tmp_path / name), devices=devices)
-        state = trainer.init_fn()
-        it = trainer.train_iterator()
+        setup = loop.build(cfg, str(tmp_path / name), devices=devices)
+        state = setup.spec.init_fn()
+        it = loop.train_iterator(setup)
         losses = []
         for _ in range(4):
-            state, metrics = trainer.train_step(state, next(it))
+            state, metrics = loop.advance(setup, state, next(it), 0)[:2]
             losses.append(float(metrics["loss"]))
         if name == "sharded" and shape[1] * shape[2] > 1:
             specs = {str(x.sharding.spec) for x in jax.tree.leaves(state["params"])}
             assert any(s != "PartitionSpec()" and "None, None" not in s for s in specs), specs
         results[name] = (losses, _params(state))
-        trainer.close()
+        setup.close()
     np.testing.assert_allclose(results["sharded"][0], results["single"][0], rtol=1e-5, atol=1e-5)
     for a, b in zip(results["sharded"][1], results["single"][1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -81,9 +81,9 @@ def _run_main(workdir, data_dir, *extra, wait=True):
 
 def _final_params(workdir, data_dir):
     cfg = config_lib.config_from_json(os.path.join(workdir, "config.json"))
-    trainer = loop.Trainer(cfg, str(workdir), devices=jax.devices()[:2])
-    state, _, step = trainer.checkpointer.restore(trainer.abstract)
-    trainer.close()
+    setup = loop.build(cfg, str(workdir), devices=jax.devices()[:2])
+    state, _, step = setup.checkpointer.restore(setup.spec.abstract)
+    setup.close()
     return step, _params(state)
 
 
@@ -124,31 +124,31 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(data_dir, tmp_pat
     cfg = _cfg(data_dir, "--config.optim.lr=1e30", "--config.optim.warmup_steps=0",
                "--config.optim.grad_clip=0.0", "--config.train.checkpoint_every=1",
                "--config.train.eval_every=0")
-    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:2])
+    setup = loop.build(cfg, str(tmp_path), devices=jax.devices()[:2])
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss .* at step \d+"):
-        trainer.train()
-    last_good = trainer.checkpointer.latest_step()
-    trainer.close()
+        loop.train(setup)
+    last_good = setup.checkpointer.latest_step()
+    setup.close()
     assert last_good is not None and last_good >= 1
     with ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
-        state, _, step = ckpt.restore(trainer.abstract)
+        state, _, step = ckpt.restore(setup.spec.abstract)
     assert step == last_good
     assert all(np.isfinite(x).all() for x in _params(state))
 
 
 def test_corrupt_latest_checkpoint_falls_back_on_resume(data_dir, tmp_path, caplog):
     cfg = _cfg(data_dir, "--config.train.checkpoint_every=2", "--config.train.eval_every=0")
-    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:2])
-    trainer.train()
-    trainer.close()
+    setup = loop.build(cfg, str(tmp_path), devices=jax.devices()[:2])
+    loop.train(setup)
+    setup.close()
     latest = tmp_path / "checkpoints" / "6"
     for root, _, files in os.walk(latest):
         for f in files:
             with open(os.path.join(root, f), "wb") as fh:
                 fh.write(b"garbage")
-    trainer = loop.Trainer(cfg, str(tmp_path), devices=jax.devices()[:2])
+    setup = loop.build(cfg, str(tmp_path), devices=jax.devices()[:2])
     with caplog.at_level("WARNING"):
-        state, step = trainer.restore_or_init(trainer.train_iterator())
-    trainer.close()
+        state, step = loop.restore_or_init(setup, loop.train_iterator(setup))
+    setup.close()
     assert step == 4
     assert "checkpoint step 6" in caplog.text and "unreadable" in caplog.text

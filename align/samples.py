@@ -1,4 +1,4 @@
-"""Evaluating a policy on prompts: samples, their gold reward, win rate and KL against a reference.
+"""A policy's samples on prompts: sampling, decoding, KL against a reference, win rate.
 
 Dimension letters: B batch, P prompt tokens, N new tokens, L = P + N.
 """
@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from align import logprobs, sampling
+from align.summary import mean_and_se
+
+__all__ = ["decode", "join", "mean_and_se", "sample_fn", "sequence_kl", "win_rate"]
 
 
 def sample_fn(policy_model, batch, key, *, max_new_tokens: int, temperature: float, top_k: int,
@@ -53,15 +56,6 @@ def decode(tokenizer, samples) -> list[str]:
     tokens, mask = np.asarray(samples["tokens"]), np.asarray(samples["mask"])
     return [tokenizer.decode([int(t) for t, m in zip(row, mrow) if m])
             for row, mrow in zip(tokens, mask)]
-
-
-def mean_and_se(x) -> tuple[float, float]:
-    """Mean and its standard error (NaN for fewer than two values)."""
-    x = np.asarray(x, np.float64)
-    if x.size == 0:
-        return float("nan"), float("nan")
-    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
-    return float(x.mean()), se
 
 
 def win_rate(gold_policy_B, gold_reference_B) -> tuple[float, float]:

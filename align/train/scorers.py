@@ -21,6 +21,8 @@ import jax
 import numpy as np
 
 from align import mesh as mesh_lib
+from align.objectives import preference_model, reward_model
+from align.train import runs
 from align.train import state as state_lib
 
 
@@ -48,11 +50,10 @@ class _ModelScorer:
     """A trained model from a finished run, evaluated on the training mesh."""
 
     def __init__(self, run, mesh, rules, kind: str):
-        from align.train import runs
-        params, src_kind, _ = runs.final_params(run, mesh, rules)
-        if src_kind != kind:
-            raise ValueError(f"{run.workdir} trained a {src_kind!r} model, not a {kind!r} one")
-        self.model_def = state_lib.describe(runs.model_fn(kind, run.model_cfg, run.cfg.objective))
+        spec, params, _ = runs.final_params(run, mesh, rules)
+        if spec.name != kind:
+            raise ValueError(f"{run.workdir} trained a {spec.name!r} model, not a {kind!r} one")
+        self.model_def = state_lib.describe(spec.make_fn(run.model_cfg))
         self.params, self.mesh, self.rules = params, mesh, rules
 
     def _global(self, arrays):
@@ -69,8 +70,7 @@ class RewardModelScorer(_ModelScorer):
 
     def __init__(self, run, mesh, rules):
         super().__init__(run, mesh, rules, "scalar")
-        from align.objectives import reward_model
-        path = os.path.join(run.workdir, "reward_offset.json")
+        path = os.path.join(run.workdir, reward_model.OFFSET_ARTIFACT + ".json")
         self.offset = json.load(open(path))["offset"] if os.path.exists(path) else 0.0
 
         def fn(p, b):
@@ -97,7 +97,6 @@ class PreferenceModelScorer(_ModelScorer):
 
     def __init__(self, run, mesh, rules):
         super().__init__(run, mesh, rules, "preference")
-        from align.objectives import preference_model
 
         def fn(p, b):
             model = state_lib.bind(self.model_def, p)
