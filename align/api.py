@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from align import config as config_lib
+from align import errors
 from align import main as main_lib
 from align import mesh as mesh_lib
 from align import samples as policy_eval
@@ -60,7 +61,7 @@ class LoadedRun:
     def lm_params(self):
         """The language model's parameters inside the trained module."""
         if self.spec.language_model is None:
-            raise ValueError(f"{self.workdir} trained a {self.kind!r} model, which holds no "
+            raise errors.InputError(f"{self.workdir} trained a {self.kind!r} model, which holds no "
                              "language model")
         return self.spec.language_model(self.params)
 

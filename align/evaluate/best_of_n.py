@@ -26,6 +26,7 @@ import sys
 import jax
 import numpy as np
 
+from align import errors
 from align import mesh as mesh_lib
 from align import samples as policy_eval
 from align.data import pipeline, sources
@@ -105,7 +106,7 @@ def sample_and_score(workdir: str, *, samples: int, num_prompts: int, scorer: st
                            tokenizer_path=run.tokenizer_path)
     spec, params, _ = runs.final_params(run, mesh, rules)
     if spec.language_model is None:
-        raise ValueError(f"{workdir} trained a {spec.name!r} model, not a policy to sample from")
+        raise errors.InputError(f"{workdir} trained a {spec.name!r} model, not a policy to sample from")
     lm_def = state_lib.describe(specs.language_model().make_fn(run.model_cfg))
     lm = spec.language_model(params)
     tok = data.tokenizer
@@ -165,7 +166,7 @@ def main(argv=None, prog: str = "python -m align.evaluate.best_of_n") -> int:
         proxy, gold, _, _ = sample_and_score(
             args.workdir, samples=k, num_prompts=args.prompts, scorer=args.scorer,
             scorer_workdir=args.scorer_workdir, seed=args.seed)
-    except (FileNotFoundError, ValueError) as e:
+    except errors.INPUT_ERRORS as e:  # a bug (anything else) keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = table(proxy, gold, ns)

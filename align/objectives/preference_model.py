@@ -14,6 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from align import errors
 from align.models import specs
 from align.objectives import base
 from align.settings import Settings, setting
@@ -57,7 +58,7 @@ class PreferenceModelSettings(Settings):
     def __post_init__(self):
         super().__post_init__()
         if self.pref_dim % 2:
-            raise ValueError(f"objective.pref_dim must be a positive even int, got {self.pref_dim}")
+            raise errors.ConfigError(f"objective.pref_dim must be a positive even int, got {self.pref_dim}")
 
 
 def make(cfg, *, chunk_size: int = 0) -> base.Objective:

@@ -25,6 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from align import errors
 from align import logprobs
 from align.objectives import base, online_math, ppo, ppo_math
 from align.settings import Settings, setting
@@ -99,10 +100,10 @@ def _make(name, cfg, *, chunk_size: int = 0) -> base.Objective:
     cfg = SETTINGS[name].of(cfg)
     samples, kl_coef = cfg.samples, cfg.kl_coef
     if samples < 2:
-        raise ValueError(f"objective.samples must be >= 2 (a group baseline needs other "
+        raise errors.ConfigError(f"objective.samples must be >= 2 (a group baseline needs other "
                          f"samples), got {samples}")
     if kl_coef < 0 or cfg.clip_eps < 0:
-        raise ValueError("objective.kl_coef and objective.clip_eps must be >= 0")
+        raise errors.ConfigError("objective.kl_coef and objective.clip_eps must be >= 0")
     return base.make(
         name, "prompts",
         prepare=functools.partial(_prepare, name=name, samples=samples, kl_coef=kl_coef,

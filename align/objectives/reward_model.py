@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from align import errors
 from align.models import specs
 from align.models.heads import last_token_value
 from align.objectives import base
@@ -126,7 +127,7 @@ def _offset_artifact(apply) -> dict:
         lambda model, b: reward_scores(model, b["tokens"], b["input_mask"]),
         kind="sft", split="train")]
     if not scores:
-        raise ValueError("reward offset: the sft train split gave no batch of demonstrations")
+        raise errors.DataError("reward offset: the sft train split gave no batch of demonstrations")
     return {OFFSET_ARTIFACT: {"offset": float(np.concatenate(scores).mean())}}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from align import errors
 from align import mesh as mesh_lib
 from align import samples as samples_lib
 from align.data import sources
@@ -32,7 +33,7 @@ def held_out_loss(setup, state) -> dict[str, float]:
         out = jax.device_get(setup.steps.eval(state, gbatch, setup.eval_frozen))
         totals = out if totals is None else jax.tree.map(np.add, totals, out)
     if totals is None:
-        raise ValueError("the test split is smaller than one eval batch "
+        raise errors.ConfigError("the test split is smaller than one eval batch "
                          f"({setup.cfg.data.eval_batch_size} rows)")
     result = {k: float(n / max(d, 1e-9)) for k, (n, d) in totals["parts"].items()}
     result["loss"] = float(totals["loss_sum"] / max(totals["weight"], 1e-9))

@@ -22,6 +22,7 @@ import tensorboardX
 import tqdm
 
 from align import atomic
+from align import errors
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -60,9 +61,9 @@ def _read_records(path: str) -> list[dict]:
         except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}:{i + 1}: not a JSON line ({e}): {line[:80]!r}") from None
+            raise errors.DataError(f"{path}:{i + 1}: not a JSON line ({e}): {line[:80]!r}") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{i + 1}: expected a JSON object, got {line[:80]!r}")
+            raise errors.DataError(f"{path}:{i + 1}: expected a JSON object, got {line[:80]!r}")
         records.append(record)
     return records
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from align import errors
 from align import mesh as mesh_lib
 from align import sampling
 from align import samples as samples_lib
@@ -53,7 +54,7 @@ class Rollouts:
             raise ValueError(f"objective {name!r}: reward-scored rollouts sample from the policy "
                              f"(mixture weights 0), got mixture {spec.mixture}")
         if spec.score == "reward" and setup.cfg.online.scorer == "preference_model":
-            raise ValueError(f"objective {name!r} scores each completion with a reward; "
+            raise errors.ConfigError(f"objective {name!r} scores each completion with a reward; "
                              "online.scorer='preference_model' only compares pairs (use 'gold' "
                              "or 'reward_model')")
         self.scorer = self._make_scorer()
@@ -64,7 +65,7 @@ class Rollouts:
         run = None
         if cfg.online.scorer != "gold":
             if not cfg.online.scorer_workdir:
-                raise ValueError(f"online.scorer={cfg.online.scorer!r} needs online.scorer_workdir "
+                raise errors.ConfigError(f"online.scorer={cfg.online.scorer!r} needs online.scorer_workdir "
                                  "(a finished run of that model)")
             run = runs.require_finished(cfg.online.scorer_workdir, t.workdir)
         labeler = None
@@ -165,7 +166,7 @@ class Rollouts:
 def minibatch_rows(m: int, n: int) -> list[np.ndarray]:
     """Rows i, i+n, i+2n, ... of an m-row rollout: n minibatches of equal size."""
     if m % n:
-        raise ValueError(f"online.minibatches={n} does not divide the {m} rollout rows")
+        raise errors.ConfigError(f"online.minibatches={n} does not divide the {m} rollout rows")
     return [np.arange(i, m, n, dtype=np.int32) for i in range(n)]
 
 

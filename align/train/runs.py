@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from align import atomic
 from align import config as config_lib
+from align import errors
 from align import objectives
 from align.models import transformer
 from align.train import checkpoint as ckpt_lib
@@ -151,7 +152,7 @@ def inherit_model(cfg_model, parent: transformer.TransformerConfig) -> transform
         if name == "vocab_size" and mine[name] == 0:
             continue
         if mine[name] != getattr(parent, name):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"model.{name}={mine[name]!r} differs from the run it starts from "
                 f"({getattr(parent, name)!r}); parameters cannot be reused across architectures")
     return dataclasses.replace(parent, **{k: mine[k] for k in EXECUTION_FIELDS})

@@ -20,6 +20,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from align import errors
 from align import mesh as mesh_lib
 from align.objectives import preference_model, reward_model
 from align.train import runs
@@ -52,7 +53,7 @@ class _ModelScorer:
     def __init__(self, run, mesh, rules, kind: str):
         spec, params, _ = runs.final_params(run, mesh, rules)
         if spec.name != kind:
-            raise ValueError(f"{run.workdir} trained a {spec.name!r} model, not a {kind!r} one")
+            raise errors.ConfigError(f"{run.workdir} trained a {spec.name!r} model, not a {kind!r} one")
         self.model_def = state_lib.describe(spec.make_fn(run.model_cfg))
         self.params, self.mesh, self.rules = params, mesh, rules
 
@@ -124,13 +125,13 @@ class PreferenceModelScorer(_ModelScorer):
 def make(kind: str, *, world=None, labeler=None, run=None, mesh=None, rules=None):
     """A scorer by name: "gold" (the synthetic world), "reward_model" or "preference_model" (a run)."""
     if kind not in ("gold", "reward_model", "preference_model"):
-        raise ValueError(f"unknown scorer {kind!r}; valid: gold, reward_model, preference_model")
+        raise errors.ConfigError(f"unknown scorer {kind!r}; valid: gold, reward_model, preference_model")
     if kind == "gold":
         if world is None:
-            raise ValueError("the gold scorer needs the synthetic world (data.source='reviews')")
+            raise errors.ConfigError("the gold scorer needs the synthetic world (data.source='reviews')")
         return GoldScorer(world, labeler)
     if run is None:
-        raise ValueError(f"scorer {kind!r} needs a finished run (its workdir)")
+        raise errors.ConfigError(f"scorer {kind!r} needs a finished run (its workdir)")
     if kind == "reward_model":
         return RewardModelScorer(run, mesh, rules)
     return PreferenceModelScorer(run, mesh, rules)

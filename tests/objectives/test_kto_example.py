@@ -151,3 +151,21 @@ def test_cached_reference_equals_in_step_on_one_and_eight_devices(tmp_path):
     assert z0[0] == 0.0 and np.all(z0[2:] > 0) and len(set(np.round(z0[1:], 6))) > 3
     np.testing.assert_allclose(cached, in_step, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(z0_cached, z0, rtol=1e-4, atol=1e-6)
+
+
+def test_the_template_in_the_docs_is_a_working_objective(tmp_path, monkeypatch, tiny_lm,
+                                                          pairs_batch, step_batch):
+    text = open(os.path.join(ROOT, "docs", "objectives.md")).read()
+    code = text.split("## A template", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_template.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    obj = objectives.make(config_lib.objective_config("my_template:my_loss", beta=0.2))
+    policy, reference = tiny_lm(0), tiny_lm(1)
+    batch, _ = step_batch(obj, policy, reference, pairs_batch(seed=0))
+    out = obj.loss(policy, batch, obj.init(), rng=None)
+    b = len(batch["example_id"])
+    assert np.isfinite(float(out.loss_sum)) and float(out.weight) == b
+    # At policy = reference the margin is 0: log(1 + e^0) = log 2 per pair.
+    same, _ = step_batch(obj, policy, policy, pairs_batch(seed=0))
+    np.testing.assert_allclose(float(obj.loss(policy, same, {}, rng=None).loss_sum) / b,
+                               np.log(2.0), rtol=1e-5)
