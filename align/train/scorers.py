@@ -22,6 +22,7 @@ import numpy as np
 
 from align import errors
 from align import mesh as mesh_lib
+from align.models import specs
 from align.objectives import preference_model, reward_model
 from align.train import runs
 from align.train import state as state_lib
@@ -70,7 +71,7 @@ class RewardModelScorer(_ModelScorer):
     """A Bradley–Terry reward model, shifted by its saved offset (demonstrations score 0)."""
 
     def __init__(self, run, mesh, rules):
-        super().__init__(run, mesh, rules, "scalar")
+        super().__init__(run, mesh, rules, specs.scalar_model().name)
         path = os.path.join(run.workdir, reward_model.OFFSET_ARTIFACT + ".json")
         self.offset = json.load(open(path))["offset"] if os.path.exists(path) else 0.0
 
@@ -97,7 +98,7 @@ class PreferenceModelScorer(_ModelScorer):
     """A pairwise preference model P(y ≻ y' | x), possibly intransitive."""
 
     def __init__(self, run, mesh, rules):
-        super().__init__(run, mesh, rules, "preference")
+        super().__init__(run, mesh, rules, specs.preference_model().name)
 
         def fn(p, b):
             model = state_lib.bind(self.model_def, p)

@@ -20,6 +20,7 @@ import jax
 
 from align import atomic
 from align import config as config_lib
+from align import errors
 from align import mesh as mesh_lib
 from align import objectives
 from align import samples as samples_lib
@@ -149,6 +150,11 @@ def per_process(global_batch: int, divisor: int, what: str) -> int:
     return global_batch // jax.process_count()
 
 
+def kind_settings(cfg, kind: str) -> dict:
+    """The data kind's own settings (e.g. lists: list_size) from the config's data section."""
+    return {k: cfg.data[k] for k in pipeline.get_kind(kind).settings if k in cfg.data}
+
+
 def report_data(cfg, workdir: str, objective: Objective, data: sources.RunData) -> None:
     """What tokenization does to the training split (truncations, drops), once per workdir:
     printed and written to WORKDIR/data_report.json."""
@@ -159,14 +165,13 @@ def report_data(cfg, workdir: str, objective: Objective, data: sources.RunData) 
     source = data.sources.get(kind, {}).get("train")
     if source is None:
         return
-    report = token_report.token_report(
-        source, data.tokenizer, kind, c.max_len, c.max_prompt_len,
-        list_size=c.list_size if kind == "lists" else None)
+    report = token_report.token_report(source, data.tokenizer, kind, c.max_len,
+                                       c.max_prompt_len, **kind_settings(cfg, kind))
     text = token_report.format_token_report(report)
     if report["dropped"]:
         # The pipeline raises on such records: stop now, before any compute, not midway.
-        raise config_lib.ConfigError(f"{report['dropped']} training records cannot become "
-                                     f"examples; data (train split) {text}")
+        raise errors.DataError(f"{report['dropped']} training records cannot become examples; "
+                               f"data (train split) {text}")
     print("data (train split) " + text, flush=True)
     os.makedirs(workdir, exist_ok=True)
     atomic.write_text(path, json.dumps(report, indent=1) + "\n")
@@ -330,13 +335,12 @@ def batches(setup: Setup, kind: str, split: str, *, train: bool, drop_remainder:
             batch_size: int | None = None):
     """This process's batches of a data kind and split: shuffled and endless when `train`."""
     c = setup.cfg.data
-    kind_settings = {k: c[k] for k in pipeline.KINDS[kind].settings if k in c}
     return pipeline.batches(
         kind, setup.data.sources[kind][split], setup.data.tokenizer,
         batch_size=batch_size or (setup.batch_size if train else setup.eval_batch_size),
         max_len=c.max_len, max_prompt_len=c.max_prompt_len, seed=setup.cfg.seed, shuffle=train,
         num_epochs=None if train else 1, drop_remainder=drop_remainder, pad_id=setup.pad_id,
-        **kind_settings)
+        **kind_settings(setup.cfg, kind))
 
 
 def prompt_batches(setup: Setup, split: str, *, batch_size: int, train: bool):

@@ -212,10 +212,15 @@ def unpaired_example(index, record, tokenizer, *, max_len, max_prompt_len, pad_i
 
 @pytest.fixture
 def unpaired():
+    # Another module (docs/examples/kto.py, imported by its tests) may have registered the
+    # name: this test registers its own and puts the table back as it found it.
+    saved = pipeline.KINDS.pop("unpaired", None)
     kind = pipeline.register_kind("unpaired", unpaired_example, settings=("undesirable_weight",),
                                   fields="tokens/input_mask/loss_mask [B,T], label/weight [B]")
     yield kind
     del pipeline.KINDS["unpaired"]
+    if saved is not None:
+        pipeline.KINDS["unpaired"] = saved
 
 
 def test_a_registered_kind_works_end_to_end(unpaired):
