@@ -249,23 +249,27 @@ class Attention(nnx.Module):
         k_BxTxKxH = apply_rope(self._project("btd,dkh->btkh", x_BxTxD, "k", dt), positions_BxT,
                                cfg.rope_theta, inv_freq_H2)
         v_BxTxKxH = self._project("btd,dkh->btkh", x_BxTxD, "v", dt)
+        # Heads before slots: both attention products are then plain batched matmuls over
+        # (B, K), and a cached layer is read as it lies, with no transpose per decoding step.
+        q_BxKxGxTxH = q_BxTxNxH.reshape(b, t, k_heads, g, cfg.head_size).transpose(0, 2, 3, 1, 4)
+        k_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3)
+        v_BxKxTxH = v_BxTxKxH.transpose(0, 2, 1, 3)
         if kv is None:
-            k_BxSxKxH, v_BxSxKxH, new_kv = k_BxTxKxH, v_BxTxKxH, None
+            k_BxKxSxH, v_BxKxSxH, new_kv = k_BxKxTxH, v_BxKxTxH, None
         else:
             cache_k, cache_v, index = kv
-            k_BxSxKxH = jax.lax.dynamic_update_slice(
-                cache_k, k_BxTxKxH.astype(cache_k.dtype), (0, index, 0, 0))
-            v_BxSxKxH = jax.lax.dynamic_update_slice(
-                cache_v, v_BxTxKxH.astype(cache_v.dtype), (0, index, 0, 0))
-            new_kv = (k_BxSxKxH, v_BxSxKxH)
+            k_BxKxSxH = jax.lax.dynamic_update_slice(
+                cache_k, k_BxKxTxH.astype(cache_k.dtype), (0, 0, index, 0))
+            v_BxKxSxH = jax.lax.dynamic_update_slice(
+                cache_v, v_BxKxTxH.astype(cache_v.dtype), (0, 0, index, 0))
+            new_kv = (k_BxKxSxH, v_BxKxSxH)
         # Query head n uses kv head n // G (the HF repeat_kv order), so N splits as K x G.
-        q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k_heads, g, cfg.head_size)
-        scores_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(dt),
+        scores_BxKxGxTxS = jnp.einsum("bkgth,bksh->bkgts", q_BxKxGxTxH, k_BxKxSxH.astype(dt),
                                       preferred_element_type=jnp.float32)
         scores_BxKxGxTxS = scores_BxKxGxTxS * (cfg.head_size ** -0.5)
         scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, _MASKED)
         probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
-        out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH.astype(dt))
+        out_BxTxKxGxH = jnp.einsum("bkgts,bksh->btkgh", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
         out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, cfg.n_heads, cfg.head_size)
         out_BxTxD = _matmul("btnh,nhd->btd", out_BxTxNxH, self.o[...], dt)
         return out_BxTxD.astype(jnp.float32), new_kv
@@ -320,14 +324,19 @@ def _remat_policy(remat: str):
     return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
-def init_cache(cfg: TransformerConfig, batch: int, max_len: int) -> dict[str, jax.Array]:
-    """An empty KV cache with max_len slots: k, v [L, B, S, K, H], mask [B, S], index []."""
+def init_cache(cfg: TransformerConfig, batch: int, max_len: int) -> dict[str, Any]:
+    """An empty KV cache with max_len slots: mask [B, S], index [], and k, v: one [B, K, S, H]
+    array per layer (a tuple), or with scan_layers one [L, B, K, S, H] array."""
     if not 0 < max_len <= cfg.max_len:
         raise ValueError(f"init_cache: max_len must be in [1, cfg.max_len={cfg.max_len}], "
                          f"got {max_len}")
-    shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_size)
-    return dict(k=jnp.zeros(shape, cfg.dtype), v=jnp.zeros(shape, cfg.dtype),
-                mask=jnp.zeros((batch, max_len), jnp.bool_), index=jnp.zeros((), jnp.int32))
+    shape = (batch, cfg.n_kv_heads, max_len, cfg.head_size)
+    if cfg.scan_layers:
+        k = v = jnp.zeros((cfg.n_layers,) + shape, cfg.dtype)
+    else:
+        k = v = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.n_layers))
+    return dict(k=k, v=v, mask=jnp.zeros((batch, max_len), jnp.bool_),
+                index=jnp.zeros((), jnp.int32))
 
 
 class Transformer(nnx.Module):
@@ -419,17 +428,32 @@ class Transformer(nnx.Module):
                                       prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
             graphdef, params = nnx.split(self.layers)
+            t = x_BxTxD.shape[1]
 
-            def body(x, layer):
-                params_l, k_l, v_l = layer
-                kv = None if cache is None else (k_l, v_l, index)
+            def body(carry, layer):
+                x, cache_k, cache_v = carry
+                params_l, i = layer
+                kv = None
+                if cache is not None:
+                    kv = (jax.lax.dynamic_index_in_dim(cache_k, i, 0, keepdims=False),
+                          jax.lax.dynamic_index_in_dim(cache_v, i, 0, keepdims=False), index)
                 x, new_kv = apply_fn(graphdef, params_l, x, positions_BxT, mask_BxTxS, kv)
-                return mesh_lib.constrain(x, _ACT_BxTxD), new_kv
+                if new_kv is not None:
+                    # Only this call's T slots go back into the stacked cache, in place.
+                    new = [jax.lax.dynamic_slice_in_dim(c, index, t, axis=2)[None] for c in new_kv]
+                    cache_k = jax.lax.dynamic_update_slice(cache_k, new[0], (i, 0, 0, index, 0))
+                    cache_v = jax.lax.dynamic_update_slice(cache_v, new[1], (i, 0, 0, index, 0))
+                return (mesh_lib.constrain(x, _ACT_BxTxD), cache_k, cache_v), None
 
-            xs = (params, None, None) if cache is None else (params, cache["k"], cache["v"])
-            x_BxTxD, new_kv = jax.lax.scan(body, x_BxTxD, xs)
-            return (x_BxTxD, None, None) if cache is None else (x_BxTxD, *new_kv)
+            # The cache rides in the carry, not as per-layer inputs and outputs, which would
+            # stack a fresh copy of the whole cache at every call.
+            carry = (x_BxTxD, None, None) if cache is None else (x_BxTxD, cache["k"], cache["v"])
+            (x_BxTxD, new_k, new_v), _ = jax.lax.scan(
+                body, carry, (params, jnp.arange(cfg.n_layers, dtype=jnp.int32)))
+            return x_BxTxD, new_k, new_v
 
+        # Unrolled layers keep one cache array per layer: each is updated where it lies and read
+        # whole by attention, with no slicing or stacking (copies) per decoding step.
         new_ks, new_vs = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache["k"][i], cache["v"][i], index)
@@ -444,7 +468,7 @@ class Transformer(nnx.Module):
                 new_vs.append(new_kv[1])
         if cache is None:
             return x_BxTxD, None, None
-        return x_BxTxD, jnp.stack(new_ks), jnp.stack(new_vs)
+        return x_BxTxD, tuple(new_ks), tuple(new_vs)
 
     def unembed_matrix(self) -> jax.Array:
         """The D x V output projection in fp32: the tied embedding transposed, or its own."""

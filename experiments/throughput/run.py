@@ -35,6 +35,8 @@ SIZES = {
     "1m": (128, 4, 4, 2, 384, 4096),
     "10m": (320, 8, 8, 4, 896, 8192),
     "50m": (512, 12, 8, 4, 1536, 32000),
+    # The side-by-side model (side_by_side.py): LLaMA-style, no GQA, about 30M parameters.
+    "30m": (512, 8, 8, 8, 1344, 8000),
 }
 
 

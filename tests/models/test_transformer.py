@@ -216,7 +216,11 @@ def test_cache_decoding_equals_full_forward(scan_layers):
         return model.logits(hidden), cache
 
     cache = tr.init_cache(model.config, b, 12)
-    assert cache["k"].shape == (CFG.n_layers, b, 12, CFG.n_kv_heads, CFG.head_size)
+    per_layer = (b, CFG.n_kv_heads, 12, CFG.head_size)  # heads before slots
+    if scan_layers:
+        assert cache["k"].shape == (CFG.n_layers,) + per_layer
+    else:
+        assert [k.shape for k in cache["k"]] == [per_layer] * CFG.n_layers
     outs = []
     # Prefill the prompt, then a two-token chunk, then one token at a time.
     for start, stop in [(0, p), (p, p + 2)] + [(i, i + 1) for i in range(p + 2, t)]:
