@@ -38,10 +38,12 @@ NEVER_EOS = -1
 
 
 def _model(size: str, max_len: int, dtype: str, seed: int) -> transformer.Transformer:
+    # Unrolled layers, the trainer's default (model.scan_layers=False): on CPU a scan over
+    # layers copies each layer's weights out of the stack at every decoding step.
     d, n_layers, n_heads, n_kv, d_ff, vocab = SIZES[size]
     cfg = transformer.TransformerConfig(
         vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
-        d_ff=d_ff, max_len=max_len, dtype=dtype, scan_layers=n_layers > 4)
+        d_ff=d_ff, max_len=max_len, dtype=dtype, scan_layers=False)
     return transformer.Transformer(cfg, rngs=nnx.Rngs(seed))
 
 
