@@ -74,6 +74,20 @@ class OnlineSpec(NamedTuple):
 ArtifactsFn = Callable[[Callable[..., Any]], Mapping[str, Any]]
 
 
+def no_state() -> dict:
+    return {}
+
+
+def no_prepare(policy, batch, obj_state, *, rng):
+    del policy, obj_state, rng
+    return batch, {}
+
+
+def keep_state(obj_state, metrics):
+    del metrics
+    return obj_state
+
+
 class Objective(NamedTuple):
     """What a config names: pure pieces closed over their settings with functools.partial.
 
@@ -94,10 +108,10 @@ class Objective(NamedTuple):
     data: str
     init: Callable[[], Any]
     loss: Callable[..., LossOut]
-    prepare: Callable[..., tuple[Mapping[str, Any], Mapping[str, jax.Array]]] = None
+    prepare: Callable[..., tuple[Mapping[str, Any], Mapping[str, jax.Array]]] = no_prepare
     reference_fields: Callable[[Any, Mapping[str, Any]], Mapping[str, jax.Array]] | None = None
-    update_state: Callable[[Any, Mapping[str, jax.Array]], Any] = None
-    model: ModelSpec = None
+    update_state: Callable[[Any, Mapping[str, jax.Array]], Any] = keep_state
+    model: ModelSpec = specs.language_model()
     online: OnlineSpec | None = None
     artifacts: ArtifactsFn | None = None
     settings: Any = None
@@ -105,20 +119,6 @@ class Objective(NamedTuple):
     @property
     def uses_reference(self) -> bool:
         return self.reference_fields is not None
-
-
-def no_state() -> dict:
-    return {}
-
-
-def no_prepare(policy, batch, obj_state, *, rng):
-    del policy, obj_state, rng
-    return batch, {}
-
-
-def keep_state(obj_state, metrics):
-    del metrics
-    return obj_state
 
 
 def make(name: str, data: str, *, init=no_state, loss, prepare=no_prepare,

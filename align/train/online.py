@@ -170,12 +170,6 @@ def minibatch_rows(m: int, n: int) -> list[np.ndarray]:
     return [np.arange(i, m, n, dtype=np.int32) for i in range(n)]
 
 
-def minibatches(rollout: dict[str, np.ndarray], n: int):
-    """The minibatches of a host rollout (the rows of `minibatch_rows`)."""
-    m = len(next(iter(rollout.values())))
-    return [{k: v[idx] for k, v in rollout.items()} for idx in minibatch_rows(m, n)]
-
-
 def count_tokens(batch) -> float:
     return float(sum(np.asarray(v).sum() for k, v in batch.items() if k.endswith("input_mask")))
 

@@ -87,12 +87,6 @@ class Setup:
     def is_policy(self) -> bool:
         return self.objective.model.is_policy
 
-    @property
-    def updates_per_step(self) -> int:
-        """Online objectives take epochs x minibatches optimizer steps per rollout."""
-        o = self.cfg.online
-        return o.epochs * o.minibatches if self.objective.online else 1
-
     def close(self) -> None:
         self.checkpointer.close()
         self.writer.close()
