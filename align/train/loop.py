@@ -84,17 +84,13 @@ def save(setup: Setup, state, step: int, train_iter) -> None:
     setup.checkpointer.save(step, state, extra={"data": train_iter.get_state(), "step": step})
 
 
-def count_tokens(batch) -> float:
-    return online_lib.count_tokens(batch)
-
-
 def advance(setup: Setup, state, batch, step: int):
     """One training step: (state, metrics (device arrays), tokens processed by all processes)."""
     if setup.objective.online:
         return online_lib.advance(setup, state, batch, step)
     gbatch = mesh_lib.to_global(batch, setup.mesh, setup.rules)
     state, metrics = setup.steps.train(state, gbatch, setup.frozen)
-    return state, metrics, count_tokens(batch) * jax.process_count()
+    return state, metrics, online_lib.count_tokens(batch) * jax.process_count()
 
 
 def _read(setup: Setup, metrics, step: int) -> dict[str, Any]:
