@@ -9,13 +9,15 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from align import matmul
+
 _REDUCTIONS = ("sum", "mean")
 
 
 def _logits(hidden_BxTxD, unembed_DxV, dtype):
     dt = jnp.dtype(dtype)
-    return jnp.einsum("btd,dv->btv", hidden_BxTxD.astype(dt), unembed_DxV.astype(dt),
-                      preferred_element_type=jnp.float32).astype(jnp.float32)
+    return matmul.dense(hidden_BxTxD, unembed_DxV, dtype=dt,
+                        preferred_element_type=jnp.float32).astype(jnp.float32)
 
 
 def token_logprobs_from_logits(logits_BxTxV, targets_BxT):

@@ -10,7 +10,7 @@ The layers, top to bottom (README, "Layout"):
     samples, sampling                  a policy's samples (the KV-cache sampler)
     models, data                       modules; datasets, tokenizers, batches
     tasks                              the synthetic world
-    mesh, logprobs, config*, settings, atomic, summary, errors
+    mesh, matmul, logprobs, config*, settings, atomic, summary, errors
 """
 
 import ast
@@ -25,7 +25,7 @@ LAYERS = [
     ("samples", "sampling"),
     ("models", "data"),
     ("tasks",),
-    ("mesh", "logprobs", "config", "config_io", "config_schema", "settings", "atomic",
+    ("mesh", "matmul", "logprobs", "config", "config_io", "config_schema", "settings", "atomic",
      "summary", "errors"),
 ]
 LEVEL = {group: i for i, groups in enumerate(LAYERS) for group in groups}

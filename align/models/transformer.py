@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from align import matmul
 from align import mesh as mesh_lib
 
 _DTYPES = ("float32", "bfloat16")
@@ -151,9 +152,9 @@ def flops_per_token(cfg: TransformerConfig, seq_len: int) -> float:
     embedding lookup or norm scales); the attention term counts QK^T and PV over the full
     context of T = seq_len tokens (no causal halving), forward plus twice that for backward.
     """
-    matmul = cfg.n_layers * _layer_matmul_params(cfg) + cfg.vocab_size * cfg.d_model
+    n_matmul = cfg.n_layers * _layer_matmul_params(cfg) + cfg.vocab_size * cfg.d_model
     attention = 12 * cfg.n_layers * cfg.n_heads * cfg.head_size * seq_len
-    return float(6 * matmul + attention)
+    return float(6 * n_matmul + attention)
 
 
 def _param(rngs: nnx.Rngs, shape, names, std: float) -> nnx.Param:
@@ -161,8 +162,8 @@ def _param(rngs: nnx.Rngs, shape, names, std: float) -> nnx.Param:
     return nnx.Param(value, out_sharding=names)
 
 
-def _matmul(spec: str, x, w, dtype):
-    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype))
+def _matmul(x, w, dtype, n_in: int = 1):
+    return matmul.dense(x, w, n_in, dtype=dtype)
 
 
 class RMSNorm(nnx.Module):
@@ -231,8 +232,8 @@ class Attention(nnx.Module):
                                     out_sharding=("kv_heads", "head_dim"))
         self.cfg = cfg
 
-    def _project(self, spec, x_BxTxD, name, dt):
-        out = _matmul(spec, x_BxTxD, getattr(self, name)[...], dt)
+    def _project(self, x_BxTxD, name, dt):
+        out = _matmul(x_BxTxD, getattr(self, name)[...], dt)
         if self.cfg.qkv_bias:
             out = out + getattr(self, f"{name}_bias")[...].astype(dt)
         return out
@@ -244,11 +245,11 @@ class Attention(nnx.Module):
         k_heads, g = cfg.n_kv_heads, cfg.n_heads // cfg.n_kv_heads
         # Unscaled rotary frequencies are computed inside apply_rope, as they always were.
         inv_freq_H2 = None if cfg.rope_scaling == "none" else rope_inv_freq(cfg)
-        q_BxTxNxH = apply_rope(self._project("btd,dnh->btnh", x_BxTxD, "q", dt), positions_BxT,
+        q_BxTxNxH = apply_rope(self._project(x_BxTxD, "q", dt), positions_BxT,
                                cfg.rope_theta, inv_freq_H2)
-        k_BxTxKxH = apply_rope(self._project("btd,dkh->btkh", x_BxTxD, "k", dt), positions_BxT,
+        k_BxTxKxH = apply_rope(self._project(x_BxTxD, "k", dt), positions_BxT,
                                cfg.rope_theta, inv_freq_H2)
-        v_BxTxKxH = self._project("btd,dkh->btkh", x_BxTxD, "v", dt)
+        v_BxTxKxH = self._project(x_BxTxD, "v", dt)
         # Heads before slots: both attention products are then plain batched matmuls over
         # (B, K), and a cached layer is read as it lies, with no transpose per decoding step.
         q_BxKxGxTxH = q_BxTxNxH.reshape(b, t, k_heads, g, cfg.head_size).transpose(0, 2, 3, 1, 4)
@@ -271,8 +272,12 @@ class Attention(nnx.Module):
         probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
         out_BxTxKxGxH = jnp.einsum("bkgts,bksh->btkgh", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
         out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, cfg.n_heads, cfg.head_size)
-        out_BxTxD = _matmul("btnh,nhd->btd", out_BxTxNxH, self.o[...], dt)
+        out_BxTxD = _matmul(out_BxTxNxH, self.o[...], dt, n_in=2)
         return out_BxTxD.astype(jnp.float32), new_kv
+
+
+def _activation(name: str):
+    return (lambda x: jax.nn.gelu(x, approximate=True)) if name == "gelu_tanh" else jax.nn.silu
 
 
 class MLP(nnx.Module):
@@ -288,14 +293,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BxTxD):
         dt = jnp.dtype(self.dtype)
-        gate_BxTxF = _matmul("btd,df->btf", x_BxTxD, self.gate[...], dt)
-        if self.activation == "gelu_tanh":
-            gate_BxTxF = jax.nn.gelu(gate_BxTxF, approximate=True)
-        else:
-            gate_BxTxF = jax.nn.silu(gate_BxTxF)
-        h_BxTxF = (gate_BxTxF
-                   * _matmul("btd,df->btf", x_BxTxD, self.up[...], dt))
-        return _matmul("btf,fd->btd", h_BxTxF, self.down[...], dt).astype(jnp.float32)
+        gate_BxTxF = _matmul(x_BxTxD, self.gate[...], dt)
+        up_BxTxF = _matmul(x_BxTxD, self.up[...], dt)
+        h_BxTxF = _activation(self.activation)(gate_BxTxF) * up_BxTxF
+        return _matmul(h_BxTxF, self.down[...], dt).astype(jnp.float32)
 
 
 class Block(nnx.Module):
@@ -479,5 +480,5 @@ class Transformer(nnx.Module):
     def logits(self, hidden_BxTxD):
         """Logits in fp32; the matmul runs in the compute dtype."""
         dt = jnp.dtype(self.config.dtype)
-        return jnp.einsum("btd,dv->btv", hidden_BxTxD.astype(dt), self.unembed_matrix().astype(dt),
-                          preferred_element_type=jnp.float32)
+        return matmul.dense(hidden_BxTxD, self.unembed_matrix(), dtype=dt,
+                            preferred_element_type=jnp.float32)
