@@ -33,6 +33,7 @@ CHOICES: dict[str, tuple] = {
     "model.remat": ("none", "full", "dots"),
     "model.mlp_activation": ("silu", "gelu_tanh"),
     "model.rope_scaling": ("none", "llama3"),
+    "model.attention": ("einsum", "dot_product_attention"),
     "data.source": ("reviews", "tfds", "hh_rlhf", "tldr", "ultrafeedback"),
     "data.tokenizer_type": ("unigram", "bpe"),
     "data.bad_rows": ("error", "skip"),
@@ -91,6 +92,7 @@ def default_config() -> ConfigDict:
         head_dim=0,  # 0 = d_model // n_heads
         max_len=128, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True,
         dtype="float32", remat="none", scan_layers=False, init_std=0.02,
+        attention="einsum",  # or "dot_product_attention" (jax.nn's; cuDNN on GPU)
         # Families beyond LLaMA (set by a Hugging Face import; see third_party/hf_layouts.py):
         qkv_bias=False,  # Qwen2
         mlp_activation="silu",  # "gelu_tanh": Gemma's GeGLU
@@ -128,7 +130,7 @@ def default_config() -> ConfigDict:
         workdir="", config="", overrides="",  # overrides: "a.b=v;c=w" for the config above
         # Or start from a Hugging Face checkpoint directory (config.json, *.safetensors and a
         # tokenizer.json or tokenizer.model): its architecture replaces the model section
-        # except dtype, remat and scan_layers, and its tokenizer is used unless
+        # except dtype, remat, attention and scan_layers, and its tokenizer is used unless
         # data.tokenizer_path says otherwise.
         pretrained=""))
     c.online = ConfigDict(dict(

@@ -38,7 +38,7 @@ _ST_DTYPES = {
 _FLOAT_DTYPES = {_ST_DTYPES[k] for k in ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")}
 _PARAM_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 # Fields of the imported config that do not change parameter shapes or the function computed.
-_OVERRIDABLE = ("dtype", "remat", "scan_layers", "max_len")
+_OVERRIDABLE = ("dtype", "remat", "attention", "scan_layers", "max_len")
 
 
 def read_hf_config(path: str) -> tuple[str, transformer.TransformerConfig]:
@@ -221,7 +221,7 @@ def load_pretrained(path: str, mesh, rules, *, dtype: str | None = None,
     """(TransformerConfig, params) with every parameter read straight onto its shards."""
     # `dtype` is the parameters' dtype ("float32" when None, or "bfloat16"); `overrides` may
     # set only config fields that keep the computed function: dtype (the compute dtype),
-    # remat, scan_layers, and a smaller max_len.
+    # remat, attention, scan_layers, and a smaller max_len.
     _, cfg = read_hf_config(path)
     overrides = dict(overrides or {})
     bad = sorted(set(overrides) - set(_OVERRIDABLE))

@@ -25,6 +25,7 @@ _DTYPES = ("float32", "bfloat16")
 _REMAT = ("none", "full", "dots")
 _ACTIVATIONS = ("silu", "gelu_tanh")
 _ROPE_SCALING = ("none", "llama3")
+_ATTENTION = ("einsum", "dot_product_attention")
 # A finite "minus infinity": a fully masked softmax row then stays finite instead of NaN.
 _MASKED = -1e30
 # Activations [B, T, D] are split over the batch only; their width stays whole.
@@ -59,6 +60,10 @@ class TransformerConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_max_len: int = 8192
+    # Uncached attention (training, scoring, prefill-free forward passes): "einsum", or JAX's
+    # jax.nn.dot_product_attention, which may pick a fused kernel (cuDNN on GPU). Decoding with
+    # a KV cache always uses the einsum path, which reads the cache in its own layout.
+    attention: str = "einsum"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff",
@@ -88,6 +93,9 @@ class TransformerConfig:
         if self.mlp_activation not in _ACTIVATIONS:
             raise ValueError(f"TransformerConfig.mlp_activation must be one of {_ACTIVATIONS}, "
                              f"got {self.mlp_activation!r}")
+        if self.attention not in _ATTENTION:
+            raise ValueError(f"TransformerConfig.attention must be one of {_ATTENTION}, got "
+                             f"{self.attention!r}")
         if self.rope_scaling not in _ROPE_SCALING:
             raise ValueError(f"TransformerConfig.rope_scaling must be one of {_ROPE_SCALING}, "
                              f"got {self.rope_scaling!r}")
@@ -250,6 +258,11 @@ class Attention(nnx.Module):
         k_BxTxKxH = apply_rope(self._project(x_BxTxD, "k", dt), positions_BxT,
                                cfg.rope_theta, inv_freq_H2)
         v_BxTxKxH = self._project(x_BxTxD, "v", dt)
+        if kv is None and cfg.attention == "dot_product_attention":
+            out_BxTxNxH = jax.nn.dot_product_attention(
+                q_BxTxNxH, k_BxTxKxH.astype(dt), v_BxTxKxH.astype(dt),
+                mask=mask_BxTxS[:, None], scale=cfg.head_size ** -0.5)
+            return _matmul(out_BxTxNxH, self.o[...], dt, n_in=2).astype(jnp.float32), None
         # Heads before slots: both attention products are then plain batched matmuls over
         # (B, K), and a cached layer is read as it lies, with no transpose per decoding step.
         q_BxKxGxTxH = q_BxTxNxH.reshape(b, t, k_heads, g, cfg.head_size).transpose(0, 2, 3, 1, 4)

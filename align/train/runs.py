@@ -19,7 +19,7 @@ from align.train import state as state_lib
 
 MODEL_FILE = "model.json"
 # Model settings that only change how the computation runs, not the parameters.
-EXECUTION_FIELDS = ("dtype", "remat")
+EXECUTION_FIELDS = ("dtype", "remat", "attention")
 
 
 class Trained(NamedTuple):

@@ -123,7 +123,8 @@ class Built(NamedTuple):
 
 
 def build(size: str, objective_cfg, *, seq: int, dtype: str, remat: str = "none",
-          chunk_size: int = 0, accum: int = 1, scan_layers: bool = False) -> Built:
+          chunk_size: int = 0, accum: int = 1, scan_layers: bool = False,
+          attention: str = "einsum") -> Built:
     """A size of SIZES trained by an objective, on a data-parallel mesh of every device: the
     trainer's own state spec and jitted steps (`runs.trained`, `setup.make_steps`), without
     data (the benchmarks feed random tokens)."""
@@ -131,7 +132,7 @@ def build(size: str, objective_cfg, *, seq: int, dtype: str, remat: str = "none"
     cfg = config_lib.default_config()
     cfg.model.update(vocab_size=vocab, d_model=d, n_layers=n_layers, n_heads=n_heads,
                      n_kv_heads=n_kv, d_ff=d_ff, max_len=seq, dtype=dtype, remat=remat,
-                     scan_layers=scan_layers)
+                     scan_layers=scan_layers, attention=attention)
     cfg.objective = objective_cfg
     cfg.logprobs.chunk_size = chunk_size
     cfg.optim.accum_steps = accum
@@ -148,7 +149,8 @@ def build(size: str, objective_cfg, *, seq: int, dtype: str, remat: str = "none"
 
 
 def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int,
-          chunk_size: int, peak: float, objective: str = "sft", scan_layers: bool = False) -> dict:
+          chunk_size: int, peak: float, objective: str = "sft", scan_layers: bool = False,
+          attention: str = "einsum") -> dict:
     """Times one objective's train step. DPO: `batch` pairs, policy and in-step reference.
 
     Tokens counted are all sequence tokens processed (both responses of a pair). FLOPs per
@@ -157,7 +159,7 @@ def bench(size: str, *, batch: int, seq: int, dtype: str, remat: str, steps: int
     """
     vocab = SIZES[size][-1]
     b = build(size, config_lib.objective_config(objective), seq=seq, dtype=dtype, remat=remat,
-              chunk_size=chunk_size, scan_layers=scan_layers)
+              chunk_size=chunk_size, scan_layers=scan_layers, attention=attention)
     cfg, obj, mesh, rules = b.model_cfg, b.trained.objective, b.mesh, b.rules
     state = b.trained.spec.init_fn()
     # The reference: a second, independent copy (the state is donated to the step).
@@ -202,6 +204,8 @@ def main(argv=None) -> int:
     p.add_argument("--chunk_size", type=int, default=0, help="log-prob chunk over tokens")
     p.add_argument("--scan_layers", action="store_true",
                    help="layers under a scan (default: unrolled, the trainer's default)")
+    p.add_argument("--attention", default="einsum", choices=("einsum", "dot_product_attention"),
+                   help="model.attention: jax.nn.dot_product_attention may use cuDNN on GPU")
     p.add_argument("--out", default="", help="also write the results as JSON here")
     p.add_argument("--in_process", action="store_true",
                    help="measure all sizes in this process (default: one subprocess per size, so "
@@ -219,11 +223,13 @@ def main(argv=None) -> int:
         if args.in_process or len(sizes) == 1:
             r = bench(s, batch=args.batch, seq=args.seq, dtype=args.dtype, remat=args.remat,
                       steps=args.steps, chunk_size=args.chunk_size, peak=peak,
-                      objective=args.objective, scan_layers=args.scan_layers)
+                      objective=args.objective, scan_layers=args.scan_layers,
+                      attention=args.attention)
         else:
             r = in_subprocess(__file__, ["--sizes", s, "--in_process"] + [
                 f"--{k}={getattr(args, k)}" for k in (
-                    "batch", "seq", "dtype", "remat", "steps", "objective", "chunk_size")]
+                    "batch", "seq", "dtype", "remat", "steps", "objective", "chunk_size",
+                    "attention")]
                 + (["--scan_layers"] if args.scan_layers else []))
             r["mfu"] = r["model_tflops_per_s"] * 1e12 / peak  # against this process's peak
         rows.append(r)
