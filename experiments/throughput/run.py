@@ -37,6 +37,8 @@ SIZES = {
     "50m": (512, 12, 8, 4, 1536, 32000),
     # The side-by-side model (side_by_side.py): LLaMA-style, no GQA, about 30M parameters.
     "30m": (512, 8, 8, 8, 1344, 8000),
+    # For an accelerator (device_check.sh): LLaMA-style, 1.1B parameters (TinyLlama's shape).
+    "1b": (2048, 22, 32, 4, 5632, 32000),
 }
 
 

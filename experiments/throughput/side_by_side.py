@@ -234,6 +234,33 @@ def markdown_table(results: dict[str, dict[str, dict]], frameworks=FRAMEWORKS) -
     return "\n".join(lines)
 
 
+def rounds_table(rounds: list[dict[str, dict[str, dict]]], frameworks=FRAMEWORKS) -> str:
+    """The table of several rounds of the same cells: each cell lists its throughput per round
+    ("602 / 611 tok/s"), and the last column each round's ratio; one round is `markdown_table`."""
+    if len(rounds) == 1:
+        return markdown_table(rounds[0], frameworks)
+    header = ["workload", *frameworks, "align / best peer"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for w in [w for w in WORKLOAD_NAMES if w in rounds[0]]:
+        row = [WORKLOAD_NAMES[w]]
+        for f in frameworks:
+            cells = [r[w].get(f) or {} for r in rounds]
+            ok = [c for c in cells if c.get("ok")]
+            if not ok:
+                row.append(format_cell(cells[0]))
+                continue
+            unit = {"tokens/s": "tok/s", "new tokens/s": "new tok/s"}.get(ok[0]["unit"],
+                                                                          ok[0]["unit"])
+            row.append(" / ".join(f"{c['throughput']:,.0f}" if c.get("ok") else "n/a"
+                                  for c in cells) + f" {unit}")
+        ratios = [ratio(r[w]) for r in rounds]
+        peers = {p for _, p in ratios if p}
+        row.append(" / ".join("n/a" if v is None else f"{v:.2f}x" for v, _ in ratios)
+                   + (f" (vs {', '.join(sorted(peers))})" if peers else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def details(results: dict[str, dict[str, dict]]) -> str:
     """What ran in each cell: framework versions, the code path, weights, warm-up, losses."""
     out = []
@@ -277,6 +304,8 @@ def main(argv=None) -> int:
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
     p.add_argument("--workloads", default=",".join(WORKLOAD_NAMES))
     p.add_argument("--repeats", type=int, default=None, help="timed calls (default 3; quick 2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every cell this many times, in alternating framework order")
     p.add_argument("--model_dir", default="",
                    help="write (and keep) the shared checkpoints here (default: a temporary "
                         "directory)")
@@ -295,6 +324,8 @@ def main(argv=None) -> int:
         if args.repeats < 1:
             p.error("--repeats must be >= 1")
         settings["repeats"] = args.repeats
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
 
     pythons = {}
     for f in frameworks:
@@ -316,22 +347,32 @@ def main(argv=None) -> int:
               f"{model['n_layers']} layers, {model['n_heads']} heads / {model['n_kv_heads']} kv, "
               f"d_ff {model['d_ff']}, vocab {model['vocab']}, {model['dtype']}) in {model_dir}",
               file=sys.stderr, flush=True)
-        results: dict[str, dict[str, dict]] = {}
-        for w in workloads:
-            results[w] = {}
-            for f in frameworks:
-                name = venv_for(f, w)
-                python = sys.executable if name is None else pythons[name]
-                print(f"{WORKLOAD_NAMES[w]}: {f} ...", file=sys.stderr, flush=True)
-                row = run_worker(python, f, worker_argv(w, model_dir, settings), args.timeout_s)
-                results[w][f] = row
-                print(f"  {format_cell(row)}", file=sys.stderr, flush=True)
+        rounds: list[dict[str, dict[str, dict]]] = []
+        for r in range(args.rounds):
+            # Every other round runs the frameworks in reverse, so a drift in the machine's
+            # load does not always favour the same one.
+            order = frameworks if r % 2 == 0 else frameworks[::-1]
+            results: dict[str, dict[str, dict]] = {}
+            for w in workloads:
+                results[w] = {}
+                for f in order:
+                    name = venv_for(f, w)
+                    python = sys.executable if name is None else pythons[name]
+                    print(f"{WORKLOAD_NAMES[w]}: {f}"
+                          + (f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else "")
+                          + " ...", file=sys.stderr, flush=True)
+                    row = run_worker(python, f, worker_argv(w, model_dir, settings),
+                                     args.timeout_s)
+                    results[w][f] = row
+                    print(f"  {format_cell(row)}", file=sys.stderr, flush=True)
+            rounds.append(results)
     finally:
         if not args.model_dir:
             shutil.rmtree(model_dir, ignore_errors=True)
 
     info = {**machine(), "load_1min_start": load_at_start}
-    table = markdown_table(results, frameworks)
+    results = rounds[0]
+    table = rounds_table(rounds, frameworks)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
@@ -339,6 +380,9 @@ def main(argv=None) -> int:
                        "venvs": {k: list(v) for k, v in VENVS.items()}, "results": results,
                        "ratios": {w: dict(zip(("ratio", "peer"), ratio(c)))
                                   for w, c in results.items()},
+                       "rounds": rounds,
+                       "ratios_by_round": [{w: dict(zip(("ratio", "peer"), ratio(c)))
+                                            for w, c in rr.items()} for rr in rounds],
                        "table": table}, f, indent=1)
     print(f"machine: {info['cpu']}, {info['cores']} cores, "
           + (f"{info['memory_gib']:.0f} GiB, " if info["memory_gib"] else "")
@@ -353,7 +397,8 @@ def main(argv=None) -> int:
           f"{settings['new_tokens']} new); mixture beta {settings['beta']}; GRPO "
           f"{settings['prompts']} prompts x {settings['samples']} samples x "
           f"{settings['new_tokens']} new; median of {settings['repeats']} after "
-          f"{settings['warmup']} warm-up\n")
+          f"{settings['warmup']} warm-up"
+          + (f"; {args.rounds} rounds" if args.rounds > 1 else "") + "\n")
     print(table)
     print("\nthroughput (median call time, peak RSS of the cell's process); align / best peer "
           "> 1: align is faster\n")
