@@ -6,7 +6,7 @@
 #
 #   bash experiments/throughput/device_check.sh          # JSON lines and tables; OUT=DIR keeps them
 #
-# About 6 minutes on one H100/H200 (most of it compilation). Needs jax with its GPU plugin,
+# Written for one H100/H200 and not yet run there, so its run time is untested. Needs jax with its GPU plugin,
 # flax, optax and ml_collections; wheels placed in .whl/ are installed first (for a machine
 # without network access).
 set -euo pipefail
