@@ -88,6 +88,9 @@ def test_bad_choice_lists_choices():
         C.apply_overrides({}, ["model.dtype=fp16"])
     with pytest.raises(C.ConfigError, match=r"'model\.remat' must be one of none, full, dots"):
         C.validate({"model": {"remat": "some"}})
+    with pytest.raises(C.ConfigError, match=r"'model\.attention' must be one of einsum, "
+                                            r"dot_product_attention; got 'flash'"):
+        C.apply_overrides({}, ["model.attention=flash"])
     with pytest.raises(C.ConfigError, match=r"mesh\.rules\.embed.*'fsdpp'.*data, fsdp, tensor"):
         C.validate({"mesh": {"rules": {"embed": "data,fsdpp"}}})
 

@@ -170,10 +170,6 @@ def _param(rngs: nnx.Rngs, shape, names, std: float) -> nnx.Param:
     return nnx.Param(value, out_sharding=names)
 
 
-def _matmul(x, w, dtype, n_in: int = 1):
-    return matmul.dense(x, w, n_in, dtype=dtype)
-
-
 class RMSNorm(nnx.Module):
     """Root-mean-square norm computed in fp32; times scale, or (1 + scale) when plus_one."""
 
@@ -241,7 +237,7 @@ class Attention(nnx.Module):
         self.cfg = cfg
 
     def _project(self, x_BxTxD, name, dt):
-        out = _matmul(x_BxTxD, getattr(self, name)[...], dt)
+        out = matmul.dense(x_BxTxD, getattr(self, name)[...], dtype=dt)
         if self.cfg.qkv_bias:
             out = out + getattr(self, f"{name}_bias")[...].astype(dt)
         return out
@@ -260,9 +256,9 @@ class Attention(nnx.Module):
         v_BxTxKxH = self._project(x_BxTxD, "v", dt)
         if kv is None and cfg.attention == "dot_product_attention":
             out_BxTxNxH = jax.nn.dot_product_attention(
-                q_BxTxNxH, k_BxTxKxH.astype(dt), v_BxTxKxH.astype(dt),
-                mask=mask_BxTxS[:, None], scale=cfg.head_size ** -0.5)
-            return _matmul(out_BxTxNxH, self.o[...], dt, n_in=2).astype(jnp.float32), None
+                q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, mask=mask_BxTxS[:, None],
+                scale=cfg.head_size ** -0.5)
+            return matmul.dense(out_BxTxNxH, self.o[...], 2, dtype=dt).astype(jnp.float32), None
         # Heads before slots: both attention products are then plain batched matmuls over
         # (B, K), and a cached layer is read as it lies, with no transpose per decoding step.
         q_BxKxGxTxH = q_BxTxNxH.reshape(b, t, k_heads, g, cfg.head_size).transpose(0, 2, 3, 1, 4)
@@ -285,7 +281,7 @@ class Attention(nnx.Module):
         probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dt)
         out_BxTxKxGxH = jnp.einsum("bkgts,bksh->btkgh", probs_BxKxGxTxS, v_BxKxSxH.astype(dt))
         out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, cfg.n_heads, cfg.head_size)
-        out_BxTxD = _matmul(out_BxTxNxH, self.o[...], dt, n_in=2)
+        out_BxTxD = matmul.dense(out_BxTxNxH, self.o[...], 2, dtype=dt)
         return out_BxTxD.astype(jnp.float32), new_kv
 
 
@@ -306,10 +302,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BxTxD):
         dt = jnp.dtype(self.dtype)
-        gate_BxTxF = _matmul(x_BxTxD, self.gate[...], dt)
-        up_BxTxF = _matmul(x_BxTxD, self.up[...], dt)
+        gate_BxTxF = matmul.dense(x_BxTxD, self.gate[...], dtype=dt)
+        up_BxTxF = matmul.dense(x_BxTxD, self.up[...], dtype=dt)
         h_BxTxF = _activation(self.activation)(gate_BxTxF) * up_BxTxF
-        return _matmul(h_BxTxF, self.down[...], dt).astype(jnp.float32)
+        return matmul.dense(h_BxTxF, self.down[...], dtype=dt).astype(jnp.float32)
 
 
 class Block(nnx.Module):

@@ -207,12 +207,16 @@ def ratio(cells: dict[str, dict]) -> tuple[float | None, str | None]:
     return align["throughput"] / peers[best]["throughput"], best
 
 
+def _short_unit(unit: str) -> str:
+    return {"tokens/s": "tok/s", "new tokens/s": "new tok/s"}.get(unit, unit)
+
+
 def format_cell(cell: dict | None) -> str:
     if not cell:
         return "not run"
     if not cell.get("ok"):
         return f"n/a ({cell.get('reason', 'no result')})"
-    unit = {"tokens/s": "tok/s", "new tokens/s": "new tok/s"}.get(cell["unit"], cell["unit"])
+    unit = _short_unit(cell["unit"])
     return (f"{cell['throughput']:,.0f} {unit} ({cell['seconds']:.3g} s, "
             f"{cell['peak_rss_gib']:.2f} GiB)")
 
@@ -249,10 +253,8 @@ def rounds_table(rounds: list[dict[str, dict[str, dict]]], frameworks=FRAMEWORKS
             if not ok:
                 row.append(format_cell(cells[0]))
                 continue
-            unit = {"tokens/s": "tok/s", "new tokens/s": "new tok/s"}.get(ok[0]["unit"],
-                                                                          ok[0]["unit"])
             row.append(" / ".join(f"{c['throughput']:,.0f}" if c.get("ok") else "n/a"
-                                  for c in cells) + f" {unit}")
+                                  for c in cells) + f" {_short_unit(ok[0]['unit'])}")
         ratios = [ratio(r[w]) for r in rounds]
         peers = {p for _, p in ratios if p}
         row.append(" / ".join("n/a" if v is None else f"{v:.2f}x" for v, _ in ratios)

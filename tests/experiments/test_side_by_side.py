@@ -62,12 +62,15 @@ def test_markdown_table_formats_numbers_and_na():
         {"dpo": {"TRL": _cell("TRL", 1.0, first_loss=0.5)}})
 
 
-def test_rounds_table_lists_each_rounds_throughput_and_ratio():
+def test_rounds_table_lists_each_rounds_throughput_and_ratio(capsys):
     one = {"dpo": {"align": _cell("align", 600.0), "TRL": _cell("TRL", 598.0),
                    "Tunix": _cell("Tunix", 439.0)}}
     two = {"dpo": {"align": _cell("align", 550.0), "TRL": _cell("TRL", 0, ok=False),
                    "Tunix": _cell("Tunix", 500.0)}}
     assert sbs.rounds_table([one]) == sbs.markdown_table(one)
+    with pytest.raises(SystemExit):
+        sbs.main(["--rounds", "0", "--frameworks", "align", "--no-install"])
+    assert "--rounds must be >= 1" in capsys.readouterr().err
     line = sbs.rounds_table([one, two]).splitlines()[2]
     assert line == ("| DPO step | 600 / 550 tok/s | 598 / n/a tok/s | 439 / 500 tok/s "
                     "| 1.00x / 1.10x (vs TRL, Tunix) |")
