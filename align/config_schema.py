@@ -40,6 +40,7 @@ CHOICES: dict[str, tuple] = {
     "data.tokenize": ("auto", "separate", "joint"),
     "reference.mode": ("in_step", "cached"),
     "online.scorer": ("gold", "reward_model", "preference_model"),
+    "population.data": ("shared", "split"),
 }
 
 # Numeric ranges: every number in the schema outside `objective` has one (the objective's come
@@ -72,6 +73,7 @@ BOUNDS: dict[str, Bound] = {
     "mesh.data": Bound(ge=-1), "mesh.fsdp": Bound(ge=-1), "mesh.tensor": Bound(ge=-1),
     "distributed.num_processes": _NONNEG, "distributed.process_id": Bound(ge=-1),
     "logprobs.chunk_size": _NONNEG,
+    "population.size": _COUNT,
 }
 
 # Sections whose keys are not fixed: path -> the type every value must have.
@@ -167,6 +169,12 @@ def default_config() -> ConfigDict:
         # ""/0/-1 = take from the environment, or run as a single process.
         coordinator_address="", num_processes=0, process_id=-1))
     c.logprobs = ConfigDict(dict(chunk_size=0))
+    c.population = ConfigDict(dict(
+        # P members trained in one jit (align/train/population.py): size = P; sweep =
+        # "objective.KEY=v1,v2,..." gives each value P / (number of values) members, seeds
+        # seed, seed + 1, ... in every value's block; data = "shared" (one data order for all)
+        # or "split" (member with seed s reads the order of seed s).
+        size=1, sweep="", data="shared"))
     return c
 
 

@@ -19,6 +19,7 @@ from align import config as config_lib
 from align import errors
 from align import objectives  # registers every objective's settings before configs load
 from align.evaluate import best_of_n
+from align.evaluate import stats
 from align.train import evaluation, loop, runs
 from align.train import setup as setup_lib
 
@@ -46,8 +47,48 @@ def _pm(mean, se) -> str:
     return f"{mean:+.3f} ± {1.96 * se:.3f}"
 
 
+# Columns of a population's report: (metric, header, scale).
+_MEMBER_COLUMNS = (("loss", "held-out loss", 1.0), ("accuracy", "accuracy", 1.0),
+                   ("gold_agreement", "gold agreement", 1.0),
+                   ("sample_gold_reward", "gold reward", 1.0), ("win_rate", "win rate %", 100.0),
+                   ("kl", "KL (nats)", 1.0))
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def population_report(cfg, setup, result) -> str:
+    """The report of a population run: one row per member, then each swept value's mean over
+    its seeds with a 95% Student-t interval."""
+    pop, ev = setup.population, result["eval"]
+    cols = [c for c in _MEMBER_COLUMNS if c[0] in ev]
+    key = f"objective.{pop.key}" if pop.swept else ""
+    lines = [f"# {cfg.objective.name}: {result['step']} steps, a population of {pop.size} "
+             f"members" + (f" over {key}" if key else ""), "",
+             "| member | seed |" + (f" {key} |" if key else "") +
+             "".join(f" {h} |" for _, h, _ in cols),
+             "|---|---|" + ("---|" if key else "") + "---|" * len(cols)]
+    for m in pop.members():
+        p = m["member"]
+        lines.append(f"| {p} | {m['seed']} |" + (f" {_value(m[key])} |" if key else "") +
+                     "".join(f" {ev[n][p] * s:.{1 if s > 1 else 3}f} |" for n, _, s in cols))
+    lines += ["", "Mean over seeds ± 95% interval:", ""]
+    groups = [v for v, _ in pop.groups()] if pop.swept else [None]
+    for value in groups:
+        idx = [p for p in range(pop.size) if value is None or pop.values[p] == value]
+        cells = [f"{h} {stats.fmt_ci(*stats.mean_ci(np.asarray(ev[n])[idx]), scale=s, digits=1 if s > 1 else 3)}"
+                 for n, h, s in cols]
+        head = (f"- {key} = {_value(value)} ({len(idx)} seeds): " if key
+                else f"- {len(idx)} seeds: ")
+        lines.append(head + "; ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
 def report(cfg, setup, result) -> str:
     """A short Markdown report of the run (intervals are 95%, from standard errors)."""
+    if setup.population is not None:
+        return population_report(cfg, setup, result)
     ev = result["eval"]
     lines = [f"# {cfg.objective.name}: {result['step']} steps", ""]
     if "loss" in ev:

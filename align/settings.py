@@ -5,7 +5,9 @@ Dimension letters: none (this module handles no arrays).
 
 An objective's settings are a frozen dataclass of `Settings` whose fields come from `setting`
 (a default plus its bounds or choices). The config schema is read from it (`schema`), and
-building it (`Settings.of(section)`) checks every value, naming `objective.<field>`:
+building it (`Settings.of(section)`) checks every value, naming `objective.<field>`. A float
+field may also hold a traced value (a population's swept setting inside the step, see
+align/train/population.py); its numbers were checked one by one before that.
 
     @dataclasses.dataclass(frozen=True)
     class DpoSettings(Settings):
@@ -17,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Any, Mapping
+
+import jax
 
 from align.errors import ConfigError
 
@@ -48,7 +52,7 @@ class Bound:
                                   key=key)
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return  # the type check, elsewhere, names non-numbers
+            return  # the type check, elsewhere, names non-numbers (and passes traced values)
         ok = (math.isfinite(value)
               and (self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
               and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
@@ -78,6 +82,10 @@ class Settings:
                 object.__setattr__(self, f.name, float(value))
                 value = float(value)
             key = f"{self.SECTION}.{f.name}"
+            if expected is float and isinstance(value, jax.core.Tracer):
+                # A population member's swept value inside the jitted step: each value was
+                # built (and checked) as a number when the population was made.
+                continue
             if not _same_type(value, expected):
                 raise ConfigError(f"config key '{key}' expects {expected.__name__}, got "
                                   f"{type(value).__name__} {value!r}", key=key)

@@ -2,6 +2,10 @@
 
 Held-out loss and the objective's metrics over test batches; for policies, samples on held-out
 prompts with their gold reward, and against the reference: win rate and KL.
+
+For a population (align/train/population.py) every metric is a [P] vector over members (all
+members are evaluated on the same test batches and prompts), and the samples' fields are lists
+over members. Dimension letters: P members, B prompts.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ def held_out_loss(setup, state) -> dict[str, float]:
     if totals is None:
         raise errors.ConfigError("the test split is smaller than one eval batch "
                          f"({setup.cfg.data.eval_batch_size} rows)")
-    result = {k: float(n / max(d, 1e-9)) for k, (n, d) in totals["parts"].items()}
-    result["loss"] = float(totals["loss_sum"] / max(totals["weight"], 1e-9))
+    value = (lambda x: np.asarray(x, np.float64)) if setup.population else float
+    result = {k: value(n / np.maximum(d, 1e-9)) for k, (n, d) in totals["parts"].items()}
+    result["loss"] = value(totals["loss_sum"] / np.maximum(totals["weight"], 1e-9))
     return result
 
 
@@ -50,6 +55,8 @@ def policy_samples(setup, state, step: int) -> dict[str, Any]:
                                                batch_size=setup.cfg.eval.num_samples)))
     prompts = [str(t) for t in batch["prompt_text"]]
     dbatch = mesh_lib.put_global(batch, setup.mesh, setup.rules)
+    if setup.population is not None:
+        return _population_samples(setup, state, step, prompts, dbatch)
     key = jax.random.fold_in(step_lib.stream_key(state["rng"], "sample"), step)
     samples = setup.steps.sample(state["params"], dbatch, key)
     host = mesh_lib.to_host(samples)
@@ -73,37 +80,118 @@ def policy_samples(setup, state, step: int) -> dict[str, Any]:
     return result
 
 
+def _population_samples(setup, state, step: int, prompts, dbatch) -> dict[str, Any]:
+    """policy_samples for every member: each field a list over members ([P][B])."""
+    pop = setup.population
+    key_P = jax.vmap(lambda r: jax.random.fold_in(step_lib.stream_key(r, "sample"), step))(
+        state["rng"])
+    out = setup.steps.sample(state["params"], dbatch, key_P)
+    host = mesh_lib.to_host(out)
+    world, tok = setup.data.world, setup.data.tokenizer
+    completions = [samples_lib.decode(tok, {k: v[p] for k, v in host.items()})
+                   for p in range(pop.size)]
+    result = {"prompts": prompts, "completions": completions,
+              "lengths": [host["mask"][p].sum(-1) for p in range(pop.size)]}
+    if world is not None:
+        result["gold"] = [world.gold_rewards(prompts, c) for c in completions]
+    if setup.reference is not None:
+        kl_PxB = mesh_lib.to_host(setup.steps.kl(state["params"], setup.reference, dbatch, out))
+        result["kl"] = list(kl_PxB)
+        if world is not None:
+            if "reference_gold" not in setup.memo:
+                # Drawn once, on fixed keys: member p's own reference on its key, or the shared
+                # reference on member 0's (the key a single run with the config's seed uses).
+                if setup.reference_stacked:
+                    ref_key = jax.vmap(lambda r: step_lib.stream_key(r, "reference_sample"))(
+                        state["rng"])
+                    ref = mesh_lib.to_host(setup.steps.sample_reference(setup.reference, dbatch,
+                                                                        ref_key))
+                    gold = [world.gold_rewards(prompts, samples_lib.decode(
+                        tok, {k: v[p] for k, v in ref.items()})) for p in range(pop.size)]
+                else:
+                    ref_key = step_lib.stream_key(state["rng"][0], "reference_sample")
+                    ref = mesh_lib.to_host(setup.steps.sample_reference(setup.reference, dbatch,
+                                                                        ref_key))
+                    gold = [world.gold_rewards(prompts, samples_lib.decode(tok, ref))] * pop.size
+                setup.memo["reference_gold"] = gold
+            result["reference_gold"] = setup.memo["reference_gold"]
+    return result
+
+
+def _per_member(fn, values):
+    """fn(values of one member) -> (mean, se) over members: two [P] vectors."""
+    pairs = [fn(*v) if isinstance(v, tuple) else fn(v) for v in values]
+    return (np.array([m for m, _ in pairs], np.float64), np.array([e for _, e in pairs], np.float64))
+
+
 def evaluate(setup, state, step: int) -> tuple[dict[str, float], dict[str, Any]]:
     """(metrics, samples) at a step; the metrics are written under eval/."""
     # Online objectives have no held-out loss (it needs fresh samples): they are judged by
     # their samples' gold reward, win rate and KL.
     metrics = {} if setup.objective.online else held_out_loss(setup, state)
     samples = policy_samples(setup, state, step)
-    if "gold" in samples:
-        metrics["sample_gold_reward"], metrics["sample_gold_reward_se"] = (
-            samples_lib.mean_and_se(samples["gold"]))
-        metrics["sample_length"] = float(np.mean(samples["lengths"]))
-    if "kl" in samples:
-        metrics["kl"], metrics["kl_se"] = samples_lib.mean_and_se(samples["kl"])
-    if "reference_gold" in samples:
-        metrics["win_rate"], metrics["win_rate_se"] = samples_lib.win_rate(
-            samples["gold"], samples["reference_gold"])
-        metrics["reference_gold_reward"], _ = samples_lib.mean_and_se(samples["reference_gold"])
+    metrics.update(_population_metrics(samples) if setup.population is not None
+                   else _sample_metrics(samples))
     setup.writer.write(step, metrics, prefix="eval")
     show = setup.cfg.eval.show_samples
     if samples and show:
+        shown = samples["completions"][0] if setup.population else samples["completions"]
         text = "\n\n".join(f"{p} -> {c}" for p, c in zip(samples["prompts"][:show],
-                                                         samples["completions"][:show]))
+                                                         shown[:show]))
         setup.writer.write_text(step, "samples", text)
     return metrics, samples
 
 
-def summary(step: int, metrics: dict[str, float], samples: dict[str, Any]) -> str:
-    """One line of held-out metrics and the first evaluation sample, for the log."""
-    parts = [f"{n} {metrics[n]:.4g}" for n in SUMMARY_METRICS if n in metrics]
+def _sample_metrics(samples) -> dict[str, float]:
+    """Gold reward, length, KL and win rate of one run's evaluation samples."""
+    m = {}
+    if "gold" in samples:
+        m["sample_gold_reward"], m["sample_gold_reward_se"] = (
+            samples_lib.mean_and_se(samples["gold"]))
+        m["sample_length"] = float(np.mean(samples["lengths"]))
+    if "kl" in samples:
+        m["kl"], m["kl_se"] = samples_lib.mean_and_se(samples["kl"])
+    if "reference_gold" in samples:
+        m["win_rate"], m["win_rate_se"] = samples_lib.win_rate(
+            samples["gold"], samples["reference_gold"])
+        m["reference_gold_reward"], _ = samples_lib.mean_and_se(samples["reference_gold"])
+    return m
+
+
+def _population_metrics(samples) -> dict[str, np.ndarray]:
+    """The sample metrics of evaluate(), each a [P] vector over members."""
+    m = {}
+    if "gold" in samples:
+        m["sample_gold_reward"], m["sample_gold_reward_se"] = _per_member(
+            samples_lib.mean_and_se, samples["gold"])
+        m["sample_length"] = np.array([np.mean(x) for x in samples["lengths"]], np.float64)
+    if "kl" in samples:
+        m["kl"], m["kl_se"] = _per_member(samples_lib.mean_and_se, samples["kl"])
+    if "reference_gold" in samples:
+        m["win_rate"], m["win_rate_se"] = _per_member(
+            samples_lib.win_rate, list(zip(samples["gold"], samples["reference_gold"])))
+        m["reference_gold_reward"], _ = _per_member(samples_lib.mean_and_se,
+                                                    samples["reference_gold"])
+    return m
+
+
+def _fmt(value) -> str:
+    """A metric for the log: '0.512', or for a population 'mean 0.512 [min 0.48, max 0.55]'."""
+    if np.ndim(value) == 0:
+        return f"{float(value):.4g}"
+    v = np.asarray(value, np.float64)
+    return f"{v.mean():.4g} [{v.min():.4g}, {v.max():.4g}]"
+
+
+def summary(step: int, metrics: dict[str, Any], samples: dict[str, Any]) -> str:
+    """One line of held-out metrics and the first evaluation sample, for the log (for a
+    population: the members' mean with their range, and member 0's sample)."""
+    parts = [f"{n} {_fmt(metrics[n])}" for n in SUMMARY_METRICS if n in metrics]
     line = f"eval step {step}: " + ("  ".join(parts) if parts else "(no metrics)")
-    if samples.get("completions"):
-        line += f"\n  sample: {samples['prompts'][0]} -> {samples['completions'][0]}"
+    completions = samples.get("completions")
+    if completions:
+        first = completions[0][0] if isinstance(completions[0], list) else completions[0]
+        line += f"\n  sample: {samples['prompts'][0]} -> {first}"
     return line
 
 

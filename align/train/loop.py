@@ -26,6 +26,7 @@ from align import mesh as mesh_lib
 from align.train import evaluation
 from align.train import metrics as metrics_lib
 from align.train import online as online_lib
+from align.train import population as population_lib
 from align.train import reference as reference_lib
 from align.train import setup as setup_lib
 from align.train import state as state_lib
@@ -41,17 +42,27 @@ class NonFiniteLossError(RuntimeError):
 
 def train_iterator(setup: Setup):
     """This process's training batches (global prompt batches for online objectives), with the
-    cached reference fields under reference.mode=cached. Checkpointable (get/set_state)."""
+    cached reference fields under reference.mode=cached; for a population with
+    population.data = "split", every member's batch stacked on a leading axis.
+    Checkpointable (get/set_state)."""
     cfg = setup.cfg
     if setup.objective.online:
         return setup_lib.prompt_batches(setup, "train", batch_size=cfg.data.batch_size,
                                         train=True)
-    it = setup_lib.batches(setup, setup.objective.data, "train", train=True)
+    table = None
     if cfg.reference.mode == "cached" and setup.objective.uses_reference:
         split = setup_lib.batches(setup, setup.objective.data, "train", train=False,
                                   drop_remainder=False)
-        return reference_lib.WithReference(it, reference_lib.table(setup, split))
-    return it
+        table = reference_lib.table(setup, split)
+
+    def one(seed):
+        it = setup_lib.batches(setup, setup.objective.data, "train", train=True, seed=seed)
+        return it if table is None else reference_lib.WithReference(it, table)
+
+    pop = setup.population
+    if pop is not None and pop.data == "split":
+        return population_lib.StackedIterator([one(seed) for seed in pop.seeds])
+    return one(cfg.seed)
 
 
 def initial_state(setup: Setup):
@@ -59,8 +70,21 @@ def initial_state(setup: Setup):
     if setup.start is None:
         return setup.spec.init_fn()
     source, params = setup.start
-    fresh = None if source.name == setup.objective.model.name else setup.spec.init_fn()["params"]
-    return setup.spec.from_params_fn(setup.objective.model.start_from(source, params, fresh))
+    model = setup.objective.model
+    if source.name == model.name:
+        return setup.spec.from_params_fn(params)
+    fresh = setup.spec.init_fn()["params"]
+    if setup.population is None:
+        return setup.spec.from_params_fn(model.start_from(source, params, fresh))
+    # Each member's own fresh parts (e.g. a reward head) around the shared start.
+    state = setup.spec.init_fn()
+    members = [model.start_from(source, params, population_lib.member(fresh, p))
+               for p in range(setup.population.size)]
+    stacked = jax.device_put(jax.tree.map(lambda *xs: jax.numpy.stack(xs), *members),
+                             setup.spec.shardings["params"])
+    opt_state = jax.jit(jax.vmap(setup.optimizer.init),
+                        out_shardings=setup.spec.shardings["opt_state"])(stacked)
+    return {**state, "params": stacked, "opt_state": opt_state}
 
 
 def restore_or_init(setup: Setup, train_iter):
@@ -88,17 +112,28 @@ def advance(setup: Setup, state, batch, step: int):
     """One training step: (state, metrics (device arrays), tokens processed by all processes)."""
     if setup.objective.online:
         return online_lib.advance(setup, state, batch, step)
-    gbatch = mesh_lib.to_global(batch, setup.mesh, setup.rules)
+    pop = setup.population
+    if pop is not None and pop.data == "split":
+        gbatch = population_lib.to_global(batch, setup.mesh, setup.rules, pop)
+        n_tokens = online_lib.count_tokens(batch)
+    else:
+        gbatch = mesh_lib.to_global(batch, setup.mesh, setup.rules)
+        # A shared batch is read once and trained on by every member.
+        n_tokens = online_lib.count_tokens(batch) * (pop.size if pop is not None else 1)
     state, metrics = setup.steps.train(state, gbatch, setup.frozen)
-    return state, metrics, online_lib.count_tokens(batch) * jax.process_count()
+    return state, metrics, n_tokens * jax.process_count()
 
 
 def _read(setup: Setup, metrics, step: int) -> dict[str, Any]:
     """Host values of a step's metrics; refuses a step whose loss or gradient was not finite."""
     host = jax.device_get(metrics)
     if not np.all(host["finite"]):
+        where = ""
+        if setup.population is not None:
+            bad = np.flatnonzero(np.asarray(host["finite"]) < 1).tolist()
+            where = f" of population member(s) {bad} ({setup.workdir}/population.json)"
         raise NonFiniteLossError(
-            f"non-finite loss ({host['loss']}) or gradient norm ({host['grad_norm']}) at step "
+            f"non-finite loss ({host['loss']}) or gradient norm ({host['grad_norm']}){where} at step "
             f"{step}; the update was not applied and training stopped. The last good "
             f"checkpoint is step {setup.checkpointer.latest_step()} in "
             f"{os.path.join(setup.workdir, 'checkpoints')}")
@@ -149,7 +184,16 @@ def write_artifacts(setup: Setup, state) -> dict[str, Any]:
             gbatch = mesh_lib.to_global(batch, setup.mesh, setup.rules)
             yield batch, mesh_lib.to_host(fn_cache[fn](state["params"], gbatch))
 
-    artifacts = dict(setup.objective.artifacts(apply))
+    if setup.population is None:
+        artifacts = dict(setup.objective.artifacts(apply))
+    else:
+        # One artifact per member, each computed from that member's parameters.
+        full, per_member = state, []
+        for p in range(setup.population.size):
+            state = population_lib.member(full, p)  # what `apply` reads
+            per_member.append(dict(setup.objective.artifacts(apply)))
+        artifacts = {name: {"members": [m[name] for m in per_member]}
+                     for name in per_member[0]}
     if setup.primary:
         for name, value in artifacts.items():
             atomic.write_text(os.path.join(setup.workdir, f"{name}.json"),

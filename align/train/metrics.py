@@ -1,9 +1,12 @@
 """Metric writers: JSON lines and TensorBoard in the workdir, and a progress bar.
 
-Dimension letters: none (metrics are scalars).
+Dimension letters: P population members.
 
 `workdir/metrics.jsonl` holds one JSON object per write, `{"step": 10, "train/loss": 2.3}`;
 non-finite values are the strings "nan", "inf", "-inf" so every line stays valid JSON.
+A population run (align/train/population.py) writes [P] vectors: their means go to
+metrics.jsonl and TensorBoard as for one run, the vectors to `workdir/population.jsonl`,
+`{"step": 10, "train/loss": [2.3, 2.4, ...]}` (member p at index p).
 Only the primary process writes. On resume, lines after the resumed step are dropped
 (`MetricWriter.truncate_after`) and TensorBoard is told to purge them too.
 """
@@ -25,6 +28,7 @@ from align import atomic
 from align import errors
 
 METRICS_FILE = "metrics.jsonl"
+MEMBERS_FILE = "population.jsonl"
 TB_DIR = "tb"
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -68,22 +72,33 @@ def _read_records(path: str) -> list[dict]:
     return records
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """All records of workdir/metrics.jsonl, with "nan"/"inf"/"-inf" turned back into floats."""
-    path = os.path.join(workdir, METRICS_FILE)
+def _decode(v):
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return _NON_FINITE.get(v, v) if isinstance(v, str) else v
+
+
+def read_metrics(workdir: str, *, members: bool = False) -> list[dict]:
+    """All records of workdir/metrics.jsonl (members: of population.jsonl, each value a list
+    over members), with "nan"/"inf"/"-inf" turned back into floats."""
+    path = os.path.join(workdir, MEMBERS_FILE if members else METRICS_FILE)
     if not os.path.exists(path):
         return []
-    return [{k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in r.items()}
-            for r in _read_records(path)]
+    return [{k: _decode(v) for k, v in r.items()} for r in _read_records(path)]
 
 
 def truncate_after(workdir: str, step: int, *, train_only_at_step: bool = False) -> int:
-    """Drops metric lines with step > `step` (atomic rewrite); returns how many were dropped.
+    """Drops metric lines with step > `step` (atomic rewrite, in metrics.jsonl and
+    population.jsonl); returns how many were dropped from metrics.jsonl.
 
     train_only_at_step: also drop the lines at `step` itself that hold no train/ metric (an
     evaluation written after that step's checkpoint, to be written again).
     """
-    path = os.path.join(workdir, METRICS_FILE)
+    _truncate(os.path.join(workdir, MEMBERS_FILE), step, train_only_at_step)
+    return _truncate(os.path.join(workdir, METRICS_FILE), step, train_only_at_step)
+
+
+def _truncate(path: str, step: int, train_only_at_step: bool) -> int:
     if not os.path.exists(path):
         return 0
     records = _read_records(path)
@@ -104,13 +119,20 @@ def truncate_after(workdir: str, step: int, *, train_only_at_step: bool = False)
 
 
 class MetricWriter:
-    """Appends scalars to workdir/metrics.jsonl and TensorBoard; a no-op off the primary process."""
+    """Appends scalars to workdir/metrics.jsonl and TensorBoard; a no-op off the primary process.
 
-    def __init__(self, workdir: str, *, is_primary: bool = True, resume_step: int | None = None):
+    members = P > 0 (a population): a metric may be a [P] vector; its mean is written as the
+    scalar and the vector to population.jsonl.
+    """
+
+    def __init__(self, workdir: str, *, is_primary: bool = True, resume_step: int | None = None,
+                 members: int = 0):
         """`resume_step`: drop what an earlier run logged after this step (jsonl and TensorBoard)."""
         self.workdir = workdir
         self.is_primary = is_primary
+        self.members = int(members)
         self._file: TextIO | None = None
+        self._members_file: TextIO | None = None
         self._tb = None
         self._purge_step: int | None = None
         if not is_primary:
@@ -146,12 +168,26 @@ class MetricWriter:
         self._file.flush()
 
     def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "train") -> None:
-        """One JSON line {"step": step, "prefix/name": value, ...} and one scalar per metric."""
+        """One JSON line {"step": step, "prefix/name": value, ...} and one scalar per metric
+        (for a population, per-member vectors also to population.jsonl)."""
         if not self.is_primary:
             return
         step = int(step)
-        values = {(f"{prefix}/{k}" if prefix else k): _to_float(k, v) for k, v in metrics.items()}
+        values, vectors = {}, {}
+        for k, v in metrics.items():
+            tag = f"{prefix}/{k}" if prefix else k
+            if self.members and np.ndim(v) == 1 and np.shape(v)[0] == self.members:
+                vectors[tag] = np.asarray(v, np.float64)
+                values[tag] = float(np.mean(vectors[tag]))
+            else:
+                values[tag] = _to_float(k, v)
         self._append({"step": step, **{k: _json_number(v) for k, v in values.items()}})
+        if vectors:
+            if self._members_file is None:
+                self._members_file = open(os.path.join(self.workdir, MEMBERS_FILE), "a")
+            record = {k: [_json_number(float(x)) for x in v] for k, v in vectors.items()}
+            self._members_file.write(json.dumps({"step": step, **record}, allow_nan=False) + "\n")
+            self._members_file.flush()
         for tag, value in values.items():
             self._tb_writer().add_scalar(tag, value, step)
 
@@ -172,6 +208,9 @@ class MetricWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._members_file is not None:
+            self._members_file.close()
+            self._members_file = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None

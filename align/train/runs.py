@@ -32,9 +32,10 @@ class Trained(NamedTuple):
     spec: state_lib.StateSpec
 
 
-def trained(cfg, model_cfg: transformer.TransformerConfig, mesh, rules, objective=None
-            ) -> Trained:
-    """The objective a config names, its module's definition, optimizer and sharded state spec."""
+def trained(cfg, model_cfg: transformer.TransformerConfig, mesh, rules, objective=None,
+            population=None) -> Trained:
+    """The objective a config names, its module's definition, optimizer and sharded state spec
+    (member-stacked for a population, align/train/population.py)."""
     if objective is None:
         objective = objectives.make(cfg.objective, chunk_size=cfg.logprobs.chunk_size)
     make_fn = objective.model.make_fn(model_cfg)
@@ -44,7 +45,7 @@ def trained(cfg, model_cfg: transformer.TransformerConfig, mesh, rules, objectiv
     optimizer, lr_fn = optim.make(cfg.optim, cfg.train.steps * updates,
                                   decay_mask=optim.decay_mask_from_names(model_def.names))
     spec = state_lib.create(model_def, make_fn, optimizer, objective, seed=cfg.seed, mesh=mesh,
-                            rules=rules)
+                            rules=rules, population=population)
     return Trained(objective, model_def, optimizer, lr_fn, spec)
 
 
@@ -161,6 +162,11 @@ def inherit_model(cfg_model, parent: transformer.TransformerConfig) -> transform
 def final_params(run: Run, mesh, rules):
     """(ModelSpec, parameters, step) of a run's newest checkpoint, restored straight into this
     mesh's shardings."""
+    if run.cfg.population.size > 1 or run.cfg.population.sweep:
+        raise errors.ConfigError(
+            f"the run in {run.workdir} is a population of {run.cfg.population.size} members; "
+            "starting another run from one member is not supported: train that member as a "
+            "run of its own (its seed and setting are in population.json)")
     t = trained(run.cfg, run.model_cfg, mesh, rules)
     with ckpt_lib.Checkpointer(os.path.join(run.workdir, "checkpoints")) as ckpt:
         restored = ckpt.restore(t.spec.abstract)

@@ -5,8 +5,8 @@ spec, the data, the frozen parameters (the reference), and the jitted step, eval
 and sampling functions, each jitted once. Training (`loop.train`), evaluation
 (`evaluation`), benchmarks, experiments and `runs.final_params` all start from it.
 
-State, steps and metrics are pytrees with no assumption of a single run, so a leading
-population axis (several seeds in one jit) can be added to them.
+With `population.size > 1` (align/train/population.py) the state, the steps and their metrics
+carry a leading member axis: the steps are the single-run ones under `jax.vmap`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from align.objectives.base import Objective
 from align.train import checkpoint as ckpt_lib
 from align.train import metrics as metrics_lib
 from align.train import online as online_lib
+from align.train import population as population_lib
 from align.train import runs
 from align.train import state as state_lib
 from align.train import step as step_lib
@@ -77,6 +78,8 @@ class Setup:
     checkpointer: ckpt_lib.Checkpointer
     writer: metrics_lib.MetricWriter
     rollouts: Any = None  # online.Rollouts for online objectives
+    population: population_lib.Population | None = None  # None: a single run
+    reference_stacked: bool = False  # population: one reference per member (no start point)
     memo: dict = dataclasses.field(default_factory=dict)  # values computed once per run
 
     @property
@@ -190,23 +193,21 @@ def _start(cfg, mesh, rules, parent, tokenizer):
 
 
 def make_steps(cfg, trained: runs.Trained, lm_def, mesh, rules, *, reference_sh,
-               in_step: bool, eos_id: int) -> Steps:
+               in_step: bool, eos_id: int, population=None, reference_stacked: bool = False
+               ) -> Steps:
     """The jitted functions of a run that trains `trained` (benchmarks build them this way too).
 
     reference_sh: the reference parameters' shardings; in_step: whether the train step gets
-    the reference (reference.mode=in_step) or reads its fields from the batch.
+    the reference (reference.mode=in_step) or reads its fields from the batch. population: the
+    steps take and give member-stacked states (`population_steps`).
     """
+    if population is not None:
+        return population_steps(cfg, trained, lm_def, mesh, rules, population,
+                                reference_sh=reference_sh, in_step=in_step, eos_id=eos_id,
+                                reference_stacked=reference_stacked)
     objective, model_def = trained.objective, trained.model_def
     traced = lambda fn: mesh_lib.traced_under(fn, mesh, rules)
     common = dict(model_def=model_def, objective=objective, ref_def=lm_def)
-    e = cfg.eval
-
-    def sampler(model_def_):
-        def fn(p, b, k):
-            return samples_lib.sample_fn(
-                state_lib.bind(model_def_, p), b, k, max_new_tokens=e.max_new_tokens,
-                temperature=e.temperature, top_k=e.top_k, eos_id=eos_id)
-        return jax.jit(traced(fn))
 
     def kl(p, r, b, s):
         return samples_lib.sequence_kl(state_lib.bind(model_def, p), state_lib.bind(lm_def, r),
@@ -228,16 +229,111 @@ def make_steps(cfg, trained: runs.Trained, lm_def, mesh, rules, *, reference_sh,
                                     {"reference": reference_sh} if uses_reference else {},
                                     mesh, rules, **common),
         reference_fields=reference_fields,
-        sample=sampler(model_def), sample_reference=sampler(lm_def), kl=jax.jit(traced(kl)),
+        sample=jax.jit(traced(_sampler(cfg, model_def, eos_id))),
+        sample_reference=jax.jit(traced(_sampler(cfg, lm_def, eos_id))),
+        kl=jax.jit(traced(kl)),
         prepare_rollout=prepare_rollout,
         gather=jax.jit(lambda tree, idx: jax.tree.map(lambda x: x[idx], tree),
                        out_shardings=mesh_lib.batch_sharding(mesh, rules)))
 
 
+def _sampler(cfg, model_def, eos_id: int):
+    """(params, prompt batch, key) -> samples, with the eval.* settings."""
+    e = cfg.eval
+
+    def fn(p, b, k):
+        return samples_lib.sample_fn(
+            state_lib.bind(model_def, p), b, k, max_new_tokens=e.max_new_tokens,
+            temperature=e.temperature, top_k=e.top_k, eos_id=eos_id)
+    return fn
+
+
+def population_steps(cfg, trained: runs.Trained, lm_def, mesh, rules, pop, *, reference_sh,
+                     in_step: bool, eos_id: int, reference_stacked: bool) -> Steps:
+    """The single-run steps under `jax.vmap` over the member axis, jitted once.
+
+    train / eval take (member-stacked state, batch, frozen) as in a single run, the batch
+    shared by all members ([B, ...]) or, with population.data = "split", one per member
+    ([P, B, ...]); sample / kl take member-stacked parameters and [P] keys. A swept float
+    enters the step as a traced number (population.member_objective); any other swept setting
+    runs each block of members with its own objective (population.by_groups).
+    """
+    objective, model_def = trained.objective, trained.model_def
+    traced = lambda fn: mesh_lib.traced_under(fn, mesh, rules)
+    vmap = lambda fn, axes: population_lib.vmap(fn, pop, axes)
+    stack_sh = lambda sh: population_lib.stacked_shardings(sh, pop, mesh)
+    repl = mesh_lib.replicated(mesh)
+    state_sh = trained.spec.shardings
+    values, values_sh = pop.value_array(), stack_sh(repl)
+    ref_axis = 0 if reference_stacked else None
+    ref_sh = stack_sh(reference_sh) if reference_stacked else reference_sh
+    split = pop.data == "split"
+    batch_sh = mesh_lib.batch_sharding(mesh, rules)
+    train_batch_sh = stack_sh(batch_sh) if split else batch_sh
+
+    def member_objective(value):
+        return population_lib.member_objective(cfg, pop, value) if pop.swept else objective
+
+    def train_of(obj):
+        def train(state, batch, frozen, value):
+            return step_lib.train_step(
+                state, batch, frozen, model_def=model_def,
+                objective=obj if obj is not None else member_objective(value),
+                optimizer=trained.optimizer, lr_fn=trained.lr_fn, accum=cfg.optim.accum_steps,
+                ref_def=lm_def)
+        return train
+
+    def evaluate_of(obj):
+        def evaluate(state, batch, frozen, value):
+            return step_lib.eval_step(
+                state, batch, frozen, model_def=model_def,
+                objective=obj if obj is not None else member_objective(value), ref_def=lm_def)
+        return evaluate
+
+    if pop.grouped:  # each block of members with its own objective, one jit for all
+        objs = population_lib.group_objectives(cfg, pop)
+        members = lambda fn_of, axes: population_lib.by_groups(fn_of, pop, objs, axes)
+    else:
+        members = lambda fn_of, axes: vmap(fn_of(None), axes)
+    train_frozen = {"reference": ref_axis} if in_step else {}
+    eval_frozen = {"reference": ref_axis} if objective.uses_reference else {}
+    train_jit = jax.jit(
+        traced(members(train_of, (0, 0 if split else None, train_frozen, 0))),
+        in_shardings=(state_sh, train_batch_sh, {"reference": ref_sh} if in_step else {},
+                      values_sh),
+        out_shardings=(state_sh, repl), donate_argnums=0)
+    eval_jit = jax.jit(
+        traced(members(evaluate_of, (0, None, eval_frozen, 0))),
+        in_shardings=(state_sh, batch_sh, {"reference": ref_sh} if eval_frozen else {},
+                      values_sh),
+        out_shardings=repl)
+
+    def kl(p, r, b, s):
+        return samples_lib.sequence_kl(state_lib.bind(model_def, p), state_lib.bind(lm_def, r),
+                                       b, s, chunk_size=cfg.logprobs.chunk_size)
+
+    reference_fields = None
+    if objective.reference_fields is not None:
+        reference_fields = jax.jit(traced(lambda r, b: objective.reference_fields(
+            state_lib.bind(lm_def, r), b)))
+    sample_reference = _sampler(cfg, lm_def, eos_id)
+    return Steps(
+        train=lambda state, batch, frozen: train_jit(state, batch, frozen, values),
+        eval=lambda state, batch, frozen: eval_jit(state, batch, frozen, values),
+        reference_fields=reference_fields,
+        sample=jax.jit(traced(vmap(_sampler(cfg, model_def, eos_id), (0, None, 0)))),
+        sample_reference=jax.jit(traced(vmap(sample_reference, (0, None, 0))
+                                        if reference_stacked else sample_reference)),
+        kl=jax.jit(traced(vmap(kl, (0, ref_axis, None, 0)))),
+        prepare_rollout=None,
+        gather=jax.jit(lambda tree, idx: jax.tree.map(lambda x: x[idx], tree),
+                       out_shardings=batch_sh))
+
+
 def reference_shardings(trained: runs.Trained, lm_def, mesh, rules):
-    """Shardings of the reference (a language model) beside the trained module."""
-    if lm_def is trained.model_def:
-        return trained.spec.shardings["params"]
+    """Shardings of one reference (a language model) beside the trained module (one member's,
+    in a population)."""
+    del trained
     return mesh_lib.tree_shardings(lm_def.abstract_params, lm_def.names, rules, mesh)
 
 
@@ -266,6 +362,10 @@ def build(cfg, workdir: str, *, devices=None) -> Setup:
     mesh_lib.initialize_distributed(cfg.distributed)
     mesh = mesh_lib.make_mesh(cfg.mesh, devices)
     rules = mesh_lib.logical_rules(cfg.mesh.rules)
+    pop = population_lib.from_config(cfg, mesh)
+    if pop is not None:
+        population_lib.check_supported(cfg, objective)
+        rules = population_lib.member_rules(rules, pop)
     parent = runs.require_finished(cfg.init.workdir, workdir) if cfg.init.workdir else None
 
     is_policy = objective.model.is_policy
@@ -280,7 +380,7 @@ def build(cfg, workdir: str, *, devices=None) -> Setup:
         report_data(cfg, workdir, objective, data)
     model_cfg, start = _start(cfg, mesh, rules, parent, tok)
 
-    trained = runs.trained(cfg, model_cfg, mesh, rules, objective)
+    trained = runs.trained(cfg, model_cfg, mesh, rules, objective, population=pop)
     model_def, optimizer, lr_fn, spec = trained[1:]
     lm_def = language_model_def(trained, model_cfg)
 
@@ -302,37 +402,51 @@ def build(cfg, workdir: str, *, devices=None) -> Setup:
                 f"init.workdir holds a {src_spec.name!r} model, which has no language model to "
                 f"start the {objective.name!r} policy from")
         reference = src_spec.language_model(src_params)
+    # A population without a start point has one reference per member (its own initial
+    # parameters); with one, all members share the reference.
+    reference_stacked = pop is not None and reference is not None and start is None
+    if reference_stacked and cfg.reference.mode == "cached":
+        raise config_lib.ConfigError(
+            "population.size > 1 with reference.mode=cached needs one reference for all members: "
+            "start them from a run (init.workdir) or a checkpoint (init.pretrained), or use "
+            "reference.mode=in_step", key="reference.mode")
     in_step = objective.uses_reference and cfg.reference.mode == "in_step"
     frozen = {"reference": reference} if in_step else {}
     eval_frozen = {"reference": reference} if objective.uses_reference else {}
     steps = make_steps(cfg, trained, lm_def, mesh, rules, in_step=in_step, eos_id=tok.eos_id,
-                       reference_sh=reference_shardings(trained, lm_def, mesh, rules))
+                       reference_sh=reference_shardings(trained, lm_def, mesh, rules),
+                       population=pop, reference_stacked=reference_stacked)
 
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          keep=cfg.train.keep_checkpoints)
-    writer = metrics_lib.MetricWriter(workdir, is_primary=jax.process_index() == 0)
+    writer = metrics_lib.MetricWriter(workdir, is_primary=jax.process_index() == 0,
+                                      members=pop.size if pop is not None else 0)
     if jax.process_index() == 0:
         runs.write_model_config(workdir, model_cfg)
+        if pop is not None:
+            population_lib.write_members(workdir, pop)
     setup = Setup(
         cfg=cfg, workdir=workdir, mesh=mesh, rules=rules, objective=objective,
         model_cfg=model_cfg, model_def=model_def, lm_def=lm_def, spec=spec, optimizer=optimizer,
         lr_fn=lr_fn, data=data, pad_id=pad_id, batch_size=batch_size,
         eval_batch_size=eval_batch_size, parent=parent, start=start, reference=reference,
         frozen=frozen, eval_frozen=eval_frozen, steps=steps, checkpointer=checkpointer,
-        writer=writer)
+        writer=writer, population=pop, reference_stacked=reference_stacked)
     if objective.online:
         setup = dataclasses.replace(setup, rollouts=online_lib.Rollouts(setup))
     return setup
 
 
 def batches(setup: Setup, kind: str, split: str, *, train: bool, drop_remainder: bool = True,
-            batch_size: int | None = None):
-    """This process's batches of a data kind and split: shuffled and endless when `train`."""
+            batch_size: int | None = None, seed: int | None = None):
+    """This process's batches of a data kind and split: shuffled (by `seed`, default the
+    config's) and endless when `train`."""
     c = setup.cfg.data
     return pipeline.batches(
         kind, setup.data.sources[kind][split], setup.data.tokenizer,
         batch_size=batch_size or (setup.batch_size if train else setup.eval_batch_size),
-        max_len=c.max_len, max_prompt_len=c.max_prompt_len, seed=setup.cfg.seed, shuffle=train,
+        max_len=c.max_len, max_prompt_len=c.max_prompt_len,
+        seed=setup.cfg.seed if seed is None else seed, shuffle=train,
         num_epochs=None if train else 1, drop_remainder=drop_remainder, pad_id=setup.pad_id,
         **kind_settings(setup.cfg, kind))
 

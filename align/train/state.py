@@ -15,6 +15,7 @@ from flax import nnx
 
 from align import mesh as mesh_lib
 from align.models.specs import ModelDef, bind, describe
+from align.train import population as population_lib
 
 __all__ = ["ModelDef", "bind", "describe", "StateSpec", "create", "init_params_fn", "num_params"]
 
@@ -51,13 +52,17 @@ class StateSpec(NamedTuple):
 
 
 def create(model_def: ModelDef, make_fn, optimizer, objective, *, seed: int, mesh,
-           rules) -> StateSpec:
-    """The state's shardings and jitted makers: the state is created already sharded."""
-    root = jax.random.key(seed)
-    params_key, train_key = jax.random.split(root)
+           rules, population=None) -> StateSpec:
+    """The state's shardings and jitted makers: the state is created already sharded.
+
+    population (align/train/population.py): every leaf gets a leading member axis; member p's
+    state is the one `seed = population.seeds[p]` would give, and `from_params_fn` starts every
+    member from the same parameters.
+    """
     init_params = init_params_fn(make_fn)
 
-    def state_from(params):
+    def state_from(params, seed):
+        _, train_key = jax.random.split(jax.random.key(seed))
         return {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
@@ -66,16 +71,28 @@ def create(model_def: ModelDef, make_fn, optimizer, objective, *, seed: int, mes
             "objective": objective.init(),
         }
 
-    def init_state():
-        return state_from(init_params(params_key))
+    def init_state(seed):
+        params_key, _ = jax.random.split(jax.random.key(seed))
+        return state_from(init_params(params_key), seed)
 
-    abstract = jax.eval_shape(init_state)
-    shardings = state_shardings(abstract, model_def, optimizer, mesh, rules)
+    if population is None:
+        init_fn = lambda: init_state(seed)
+        from_fn = lambda params: state_from(params, seed)
+    else:
+        seeds = jnp.asarray(population.seeds, jnp.int32)
+        init_fn = lambda: jax.vmap(init_state)(seeds)
+        from_fn = lambda params: jax.vmap(state_from, in_axes=(None, 0))(params, seeds)
+    member_abstract = jax.eval_shape(lambda: init_state(seed))
+    shardings = state_shardings(member_abstract, model_def, optimizer, mesh, rules)
+    if population is not None:
+        shardings = population_lib.stacked_shardings(shardings, population, mesh)
     abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), jax.eval_shape(init_fn),
+        shardings)
+    params_sh = state_shardings(member_abstract, model_def, optimizer, mesh, rules)["params"]
     return StateSpec(
-        abstract, shardings, jax.jit(init_state, out_shardings=shardings),
-        jax.jit(state_from, in_shardings=(shardings["params"],), out_shardings=shardings))
+        abstract, shardings, jax.jit(init_fn, out_shardings=shardings),
+        jax.jit(from_fn, in_shardings=(params_sh,), out_shardings=shardings))
 
 
 def num_params(params) -> int:
