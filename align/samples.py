@@ -12,7 +12,8 @@ import numpy as np
 from align import logprobs, sampling
 from align.summary import mean_and_se
 
-__all__ = ["decode", "join", "mean_and_se", "sample_fn", "sequence_kl", "win_rate"]
+__all__ = ["decode", "join", "mean_and_se", "population_sample_fn", "sample_fn", "sequence_kl",
+           "win_rate"]
 
 
 def sample_fn(policy_model, batch, key, *, max_new_tokens: int, temperature: float, top_k: int,
@@ -23,6 +24,28 @@ def sample_fn(policy_model, batch, key, *, max_new_tokens: int, temperature: flo
         example_ids_B=batch["example_id"], rng=key, max_new_tokens=max_new_tokens,
         eos_id=eos_id, temperature=temperature, top_k=top_k)
     return {"tokens": out["tokens_BxN"], "mask": out["mask_BxN"]}
+
+
+def population_sample_fn(model_of, member_params, batch, member_keys, *, max_new_tokens: int,
+                         temperature: float, top_k: int, eos_id: int, vmap=jax.vmap):
+    """`sample_fn` for the members of a population at once: member_params and member_keys
+    carry a leading member axis of size M, the outputs are [M, B, N], and member m's rows
+    equal `sample_fn(model_of(member_params[m]), batch, member_keys[m])`. One decoding loop
+    over M·B rows (`sampling.stacked_policy`), not a vmapped loop."""
+    size, b = member_keys.shape[0], batch["prompt_tokens"].shape[0]
+    ids_B = batch["example_id"]
+    row_keys_MxB = jax.vmap(lambda k: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, ids_B))(
+        member_keys)
+    tile = lambda x: jnp.concatenate([x] * size, axis=0)
+    policy = sampling.stacked_policy(lambda p: sampling.model_policy(model_of(p)), member_params,
+                                     size, vmap=vmap)
+    out = sampling.sample(
+        policy, tile(batch["prompt_tokens"]), tile(batch["prompt_mask"]),
+        example_ids_B=tile(ids_B), rng=None, max_new_tokens=max_new_tokens, eos_id=eos_id,
+        temperature=temperature, top_k=top_k,
+        row_keys_B=row_keys_MxB.reshape(size * b, *row_keys_MxB.shape[2:]))
+    return {"tokens": out["tokens_BxN"].reshape(size, b, -1),
+            "mask": out["mask_BxN"].reshape(size, b, -1)}
 
 
 def join(prompt_tokens_BxP, prompt_mask_BxP, tokens_BxN, mask_BxN):

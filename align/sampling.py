@@ -68,6 +68,49 @@ def model_policy(model) -> Policy:
     return Policy(prefill_fn, step_fn)
 
 
+def stacked_policy(policy_of, member_params, size: int, *, vmap=jax.vmap) -> Policy:
+    """One Policy over M·B rows for M = `size` members, member-major: rows m·B … m·B + B − 1
+    decode with `policy_of(member_params[m])`, all members in lockstep.
+
+    For a population of models, this keeps the decoding loop itself unbatched: its counter and
+    stop test are shared by every row, and each member's model runs under `vmap` with the cache
+    write index (the same for every member) held once, so cache writes stay slices instead of
+    becoming scatters. The state is member-stacked ([M, ...] leaves, `index` []).
+    `policy_of` must return a `model_policy` (its state a KV cache with an `index`).
+    """
+    def split(x):
+        return x.reshape(size, x.shape[0] // size, *x.shape[1:])
+
+    def merge(x):
+        return x.reshape(size * x.shape[1], *x.shape[2:])
+
+    def axes(state):
+        return {k: (None if k == "index" else 0) for k in state}
+
+    def prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, cache_len):
+        def one(params, tokens, mask):
+            logps, state = policy_of(params).prefill_fn(tokens, mask, cache_len)
+            return named_logprobs(logps), state
+
+        shapes = jax.eval_shape(one, jax.tree.map(lambda x: x[0], member_params),
+                                split(prompt_tokens_BxP)[0], split(prompt_mask_BxP)[0])
+        logps, state = vmap(one, in_axes=(0, 0, 0), out_axes=(0, axes(shapes[1])))(
+            member_params, split(prompt_tokens_BxP), split(prompt_mask_BxP))
+        return jax.tree.map(merge, logps), state
+
+    def step_fn(token_B, token_mask_B, state):
+        def one(params, token, mask, member_state):
+            logps, member_state = policy_of(params).step_fn(token, mask, member_state)
+            return named_logprobs(logps), member_state
+
+        logps, state = vmap(one, in_axes=(0, 0, 0, axes(state)),
+                            out_axes=(0, axes(state)))(member_params, split(token_B),
+                                                      split(token_mask_B), state)
+        return jax.tree.map(merge, logps), state
+
+    return Policy(prefill_fn, step_fn)
+
+
 def _weighted(w, logp_BxV):
     # A zero weight must silence the term even where log p = -inf (0 * -inf is NaN).
     return jnp.where(w == 0, 0.0, w * logp_BxV)
@@ -163,11 +206,12 @@ def _check_args(prompt_tokens_BxP, prompt_mask_BxP, example_ids_B, max_new_token
 
 def sample(policy: Policy, prompt_tokens_BxP, prompt_mask_BxP, *, example_ids_B, rng,
            max_new_tokens: int, eos_id, temperature=1.0, top_k: int = 0, top_p=1.0,
-           greedy: bool = False, pad_id=0):
+           greedy: bool = False, pad_id=0, row_keys_B=None):
     """Samples completions of left-padded prompts; call inside jit (see `generate`).
 
     Row b draws with fold_in(fold_in(rng, example_ids_B[b]), step), so its sample does not
-    depend on the batch it sits in. Stops once every row has emitted eos_id (eos_id = -1 never
+    depend on the batch it sits in; `row_keys_B` (given) replaces fold_in(rng, example_ids_B)
+    (rows of several members, each with its own key: `stacked_policy`). Stops once every row has emitted eos_id (eos_id = -1 never
     stops early). Returns, all [B, N] and 0 where masked out unless said otherwise:
       tokens_BxN     chosen tokens, pad_id after eos;
       mask_BxN       1 up to and including eos (fp32): the only source of completion masks,
@@ -187,7 +231,8 @@ def sample(policy: Policy, prompt_tokens_BxP, prompt_mask_BxP, *, example_ids_B,
                 temperature, top_p)
     b, p = prompt_tokens_BxP.shape
     n = max_new_tokens
-    row_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, example_ids_B)
+    if row_keys_B is None:
+        row_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, example_ids_B)
     logps, state = policy.prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, p + n)
     logps = named_logprobs(logps)
     vocab = logps[SAMPLE].shape[-1]

@@ -404,3 +404,26 @@ def test_sharded_sampling_equals_single_device_and_never_recompiles(model, ref_m
                        jax.random.key(6), jnp.float32(0.8))
     assert len(traces) == 2
     assert not np.array_equal(other["tokens_BxN"], single["tokens_BxN"])
+
+
+def test_population_sampling_equals_each_member_sampled_alone(model, ref_model):
+    """Two models decoded in one loop over 2·B rows (`samples.population_sample_fn`) give each
+    member the tokens and masks of sampling it alone with its own key; the loop stops when
+    every row of every member has emitted eos."""
+    from align import samples as samples_lib
+    tokens_BxP, mask_BxP = prompts()
+    batch = {"prompt_tokens": tokens_BxP, "prompt_mask": mask_BxP,
+             "example_id": jnp.array([4, 5, 6])}
+    graph, p0 = nnx.split(model)
+    _, p1 = nnx.split(ref_model)
+    params_M = jax.tree.map(lambda a, b: jnp.stack([a, b]), p0, p1)
+    keys_M = jax.random.split(jax.random.key(3), 2)
+    settings = dict(max_new_tokens=N, temperature=1.3, top_k=0, eos_id=3)
+    out = jax.jit(lambda p, b, k: samples_lib.population_sample_fn(
+        lambda q: nnx.merge(graph, q), p, b, k, **settings))(params_M, batch, keys_M)
+    assert out["tokens"].shape == (2, 3, N)
+    for m, member in enumerate((model, ref_model)):
+        alone = samples_lib.sample_fn(member, batch, keys_M[m], **settings)
+        np.testing.assert_array_equal(out["tokens"][m], alone["tokens"])
+        np.testing.assert_array_equal(out["mask"][m], alone["mask"])
+    assert not np.array_equal(out["tokens"][0], out["tokens"][1])

@@ -287,9 +287,9 @@ def by_groups(fn_of, pop: Population, objs, in_axes):
     return run
 
 
-def vmap(fn, pop: Population, in_axes):
+def vmap(fn, pop: Population, in_axes, out_axes=0):
     """`jax.vmap` over the member axis, with the member axis on its mesh axes inside."""
-    return jax.vmap(fn, in_axes=in_axes,
+    return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes,
                     spmd_axis_name=(pop.axes if len(pop.axes) > 1 else pop.axes[0])
                     if pop.axes else None)
 

@@ -316,14 +316,24 @@ def population_steps(cfg, trained: runs.Trained, lm_def, mesh, rules, pop, *, re
     if objective.reference_fields is not None:
         reference_fields = jax.jit(traced(lambda r, b: objective.reference_fields(
             state_lib.bind(lm_def, r), b)))
-    sample_reference = _sampler(cfg, lm_def, eos_id)
+    def population_sampler(model_def_):
+        e = cfg.eval
+
+        def fn(params, b, keys):
+            return samples_lib.population_sample_fn(
+                lambda p: state_lib.bind(model_def_, p), params, b, keys,
+                max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_k=e.top_k,
+                eos_id=eos_id, vmap=lambda f, **kw: population_lib.vmap(f, pop, kw["in_axes"],
+                                                                         kw.get("out_axes", 0)))
+        return jax.jit(traced(fn))
+
     return Steps(
         train=lambda state, batch, frozen: train_jit(state, batch, frozen, values),
         eval=lambda state, batch, frozen: eval_jit(state, batch, frozen, values),
         reference_fields=reference_fields,
-        sample=jax.jit(traced(vmap(_sampler(cfg, model_def, eos_id), (0, None, 0)))),
-        sample_reference=jax.jit(traced(vmap(sample_reference, (0, None, 0))
-                                        if reference_stacked else sample_reference)),
+        sample=population_sampler(model_def),
+        sample_reference=(population_sampler(lm_def) if reference_stacked
+                          else jax.jit(traced(_sampler(cfg, lm_def, eos_id)))),
         kl=jax.jit(traced(vmap(kl, (0, ref_axis, None, 0)))),
         prepare_rollout=None,
         gather=jax.jit(lambda tree, idx: jax.tree.map(lambda x: x[idx], tree),
