@@ -270,13 +270,14 @@ ListLossFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def train(loss_fn: ListLossFn, world: World, key, *, steps: int, lists_per_step: int,
-          list_size: int, lr: float, seeds: int | Sequence[int], beta: float = 1.0,
+          list_size: int, lr: float, seeds: int | Sequence[int], beta=1.0,
           judge: Judge | None = Judge(), width: int = 0, eval_world: World | None = None,
           eval_judge: Judge = GOLD, record_every: int = 0) -> TrainResult:
     """Adam on mean_B loss_fn(scores_BxK, labels_BxK, mask_BxK) over lists drawn from pi_ref.
 
     Every step draws `lists_per_step` fresh lists of `list_size` candidates from pi_ref, labelled
-    by list_labels(judge); scores are s = beta (log pi_theta - log pi_ref) of the drawn items.
+    by list_labels(judge); scores are s = beta (log pi_theta - log pi_ref) of the drawn items
+    (beta a scalar, or one value per seed, so a sweep over beta can run as one vmap).
     A `lax.scan` over steps, `vmap` over seeds; seed r uses fold_in(key, r) for its data and
     initialisation (so a seed's run does not depend on which other seeds run beside it). A world
     (and eval_world, default the training world) is shared by all seeds, or has a leading seed
@@ -287,16 +288,28 @@ def train(loss_fn: ListLossFn, world: World, key, *, steps: int, lists_per_step:
     if steps % every:
         raise ValueError(f"train: steps ({steps}) must be a multiple of record_every ({every})")
     seeds_R = jnp.arange(seeds) if isinstance(seeds, int) else jnp.asarray(seeds)
+    beta_R = jnp.broadcast_to(jnp.asarray(beta, world.gold.dtype), seeds_R.shape)
     eval_world = world if eval_world is None else eval_world
     axes = tuple(0 if w.features.ndim == 4 else None for w in (world, eval_world))
-    opt = optax.adam(lr)
-    mask_BxK = jnp.ones((lists_per_step, list_size), world.gold.dtype)
+    run_fn = _trainer(loss_fn, steps, every, lists_per_step, list_size, lr, judge, width,
+                      eval_judge, axes)
+    params, trajectory = run_fn(seeds_R, beta_R, world, eval_world, key)
+    return TrainResult(params, trajectory, tuple(range(every, steps + 1, every)))
 
-    def one_seed(seed, world, eval_world):
+
+@functools.lru_cache(maxsize=64)
+def _trainer(loss_fn, steps, every, lists_per_step, list_size, lr, judge, width, eval_judge,
+             axes):
+    """The jitted (seeds_R, beta_R, world, eval_world, key) -> (params, trajectory) of one
+    configuration; cached, so repeated runs of a configuration compile once."""
+    opt = optax.adam(lr)
+
+    def one_seed(seed, beta, world, eval_world, key):
         init_key, data_key = jax.random.split(jax.random.fold_in(key, seed))
         params = init_params(init_key, world.features.shape[-1], width=width,
                              dtype=world.features.dtype)
         eval_pref_NxMxM = preference_matrix(eval_world, eval_judge)
+        mask_BxK = jnp.ones((lists_per_step, list_size), world.gold.dtype)
 
         def loss(params, lists: Lists):
             logratio_NxM = policy_logits(params, world) - world.ref_logp
@@ -320,6 +333,4 @@ def train(loss_fn: ListLossFn, world: World, key, *, steps: int, lists_per_step:
                                                jnp.arange(0, steps, every))
         return params, trajectory
 
-    params, trajectory = jax.jit(jax.vmap(one_seed, in_axes=(0, *axes)))(seeds_R, world,
-                                                                        eval_world)
-    return TrainResult(params, trajectory, tuple(range(every, steps + 1, every)))
+    return jax.jit(jax.vmap(one_seed, in_axes=(0, 0, *axes, None)))

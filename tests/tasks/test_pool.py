@@ -250,8 +250,9 @@ def test_vmap_over_seeds_equals_separate_runs():
     w = pool.make_world(jax.random.key(14), prompts=32)
     worlds = pool.make_worlds(jax.random.key(15), (0, 1, 2), prompts=32)
     for world in (w, worlds):
+        # beta per seed (as a beta sweep passes it) or as one scalar: the same runs.
         together = pool.train(_pairwise_logistic, world, jax.random.key(16), seeds=(0, 1, 2),
-                              **short)
+                              **dict(short, beta=np.full(3, short["beta"])))
         one = jax.tree.map(lambda x: x[1:2], world) if world is worlds else world
         alone = pool.train(_pairwise_logistic, one, jax.random.key(16), seeds=(1,), **short)
         np.testing.assert_allclose(together.params["w"][1], alone.params["w"][0], atol=1e-6)
