@@ -32,20 +32,12 @@ def population_sample_fn(model_of, member_params, batch, member_keys, *, max_new
     carry a leading member axis of size M, the outputs are [M, B, N], and member m's rows
     equal `sample_fn(model_of(member_params[m]), batch, member_keys[m])`. One decoding loop
     over M·B rows (`sampling.stacked_policy`), not a vmapped loop."""
-    size, b = member_keys.shape[0], batch["prompt_tokens"].shape[0]
-    ids_B = batch["example_id"]
-    row_keys_MxB = jax.vmap(lambda k: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(k, ids_B))(
-        member_keys)
-    tile = lambda x: jnp.concatenate([x] * size, axis=0)
-    policy = sampling.stacked_policy(lambda p: sampling.model_policy(model_of(p)), member_params,
-                                     size, vmap=vmap)
-    out = sampling.sample(
-        policy, tile(batch["prompt_tokens"]), tile(batch["prompt_mask"]),
-        example_ids_B=tile(ids_B), rng=None, max_new_tokens=max_new_tokens, eos_id=eos_id,
-        temperature=temperature, top_k=top_k,
-        row_keys_B=row_keys_MxB.reshape(size * b, *row_keys_MxB.shape[2:]))
-    return {"tokens": out["tokens_BxN"].reshape(size, b, -1),
-            "mask": out["mask_BxN"].reshape(size, b, -1)}
+    out = sampling.population_sample(
+        lambda p: sampling.model_policy(model_of(p)), member_params, member_keys,
+        batch["prompt_tokens"], batch["prompt_mask"], example_ids_B=batch["example_id"],
+        vmap=vmap, max_new_tokens=max_new_tokens, eos_id=eos_id, temperature=temperature,
+        top_k=top_k)
+    return {"tokens": out["tokens_BxN"], "mask": out["mask_BxN"]}
 
 
 def join(prompt_tokens_BxP, prompt_mask_BxP, tokens_BxN, mask_BxN):

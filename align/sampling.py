@@ -76,7 +76,8 @@ def stacked_policy(policy_of, member_params, size: int, *, vmap=jax.vmap) -> Pol
     stop test are shared by every row, and each member's model runs under `vmap` with the cache
     write index (the same for every member) held once, so cache writes stay slices instead of
     becoming scatters. The state is member-stacked ([M, ...] leaves, `index` []).
-    `policy_of` must return a `model_policy` (its state a KV cache with an `index`).
+    `policy_of` returns a Policy whose state is KV caches (`model_policy`, `mixture_policy`):
+    leaves named `index` are the write positions.
     """
     def split(x):
         return x.reshape(size, x.shape[0] // size, *x.shape[1:])
@@ -84,8 +85,9 @@ def stacked_policy(policy_of, member_params, size: int, *, vmap=jax.vmap) -> Pol
     def merge(x):
         return x.reshape(size * x.shape[1], *x.shape[2:])
 
-    def axes(state):
-        return {k: (None if k == "index" else 0) for k in state}
+    def axes(state):  # every leaf member-stacked but the caches' shared write index
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: None if getattr(path[-1], "key", None) == "index" else 0, state)
 
     def prefill_fn(prompt_tokens_BxP, prompt_mask_BxP, cache_len):
         def one(params, tokens, mask):
@@ -109,6 +111,23 @@ def stacked_policy(policy_of, member_params, size: int, *, vmap=jax.vmap) -> Pol
         return jax.tree.map(merge, logps), state
 
     return Policy(prefill_fn, step_fn)
+
+
+def population_sample(policy_of, member_params, member_keys, prompt_tokens_BxP,
+                      prompt_mask_BxP, *, example_ids_B, vmap=jax.vmap, **kwargs):
+    """`sample` for M members on the same prompts, in one decoding loop over M·B rows
+    (`stacked_policy`): member m's rows draw with `member_keys[m]` from
+    `policy_of(member_params[m])`, exactly as `sample(..., rng=member_keys[m])` would. Every
+    output gets a leading member axis ([M, B, N], finished_B [M, B])."""
+    size, b = member_keys.shape[0], prompt_tokens_BxP.shape[0]
+    row_keys_MxB = jax.vmap(lambda k: jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+        k, example_ids_B))(member_keys)
+    tile = lambda x: jnp.concatenate([jnp.asarray(x)] * size, axis=0)
+    out = sample(stacked_policy(policy_of, member_params, size, vmap=vmap),
+                 tile(prompt_tokens_BxP), tile(prompt_mask_BxP), example_ids_B=tile(example_ids_B),
+                 rng=None, row_keys_B=row_keys_MxB.reshape(size * b, *row_keys_MxB.shape[2:]),
+                 **kwargs)
+    return jax.tree.map(lambda x: x.reshape(size, b, *x.shape[1:]), out)
 
 
 def _weighted(w, logp_BxV):

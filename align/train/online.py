@@ -28,6 +28,7 @@ from align import samples as samples_lib
 from align.data import sources
 from align.objectives.base import SCORES
 from align.tasks.labelers import Labeler, LabelerConfig
+from align.train import population as population_lib
 from align.train import runs
 from align.train import scorers as scorers_lib
 from align.train import state as state_lib
@@ -75,21 +76,43 @@ class Rollouts:
                                 mesh=t.mesh, rules=t.rules)
 
     def _sampler(self, mixture: bool):
+        """(params, reference params, β, prompt batch, key) -> samples, jitted. For a
+        population: member-stacked params (and reference, when each member has its own), [P]
+        keys, and every output with a leading member axis, from one decoding loop."""
         t, o = self.t, self.t.cfg.online
+        settings = dict(max_new_tokens=o.max_new_tokens, eos_id=t.data.tokenizer.eos_id,
+                        temperature=o.temperature, pad_id=t.pad_id)
 
-        def fn(params, ref_params, beta, batch, key):
+        def policy_of(params, ref_params, beta):
             model = state_lib.bind(t.model_def, params)
-            policy = (sampling.mixture_policy(model, state_lib.bind(t.lm_def, ref_params), beta)
-                      if mixture else sampling.model_policy(model))
-            out = sampling.sample(
-                policy, batch["prompt_tokens"], batch["prompt_mask"],
-                example_ids_B=batch["example_id"], rng=key,
-                max_new_tokens=o.max_new_tokens, eos_id=t.data.tokenizer.eos_id,
-                temperature=o.temperature, pad_id=t.pad_id)
+            return (sampling.mixture_policy(model, state_lib.bind(t.lm_def, ref_params), beta)
+                    if mixture else sampling.model_policy(model))
+
+        def outputs(out):
             return {"tokens": out["tokens_BxN"], "mask": out["mask_BxN"],
                     "finished": out["finished_B"],
                     "policy_logp": jnp.sum(out["policy_logp_BxN"], -1),
                     "entropy_sum": jnp.sum(out["entropy_BxN"] * out["mask_BxN"], -1)}
+
+        pop = t.population
+        if pop is None:
+            def fn(params, ref_params, beta, batch, key):
+                return outputs(sampling.sample(
+                    policy_of(params, ref_params, beta), batch["prompt_tokens"],
+                    batch["prompt_mask"], example_ids_B=batch["example_id"], rng=key,
+                    **settings))
+        else:
+            def vmap(f, *, in_axes, out_axes=0):
+                return population_lib.vmap(f, pop, in_axes, out_axes)
+
+            def fn(params, ref_params, beta, batch, keys):
+                if t.reference_stacked:  # each member's reference is its own start
+                    members, of = (params, ref_params), lambda m: policy_of(m[0], m[1], beta)
+                else:
+                    members, of = params, lambda p: policy_of(p, ref_params, beta)
+                return outputs(sampling.population_sample(
+                    of, members, keys, batch["prompt_tokens"], batch["prompt_mask"],
+                    example_ids_B=batch["example_id"], vmap=vmap, **settings))
 
         return jax.jit(mesh_lib.traced_under(fn, t.mesh, t.rules))
 
@@ -102,8 +125,13 @@ class Rollouts:
         return mesh_lib.to_host(out)
 
     def collect(self, state, prompts: dict[str, np.ndarray], step: int):
-        """(rollout batch of full host arrays, rollout metrics) for one training step."""
-        key = jax.random.fold_in(step_lib.stream_key(state["rng"], "train_sample"), step)
+        """(rollout batch of full host arrays, rollout metrics) for one training step. For a
+        population every field and metric has a leading member axis: each member samples
+        from its own policy on the same prompts, and its samples are scored on their own."""
+        pop = self.t.population
+        sample_key = lambda rng: jax.random.fold_in(step_lib.stream_key(rng, "train_sample"),
+                                                    step)
+        key = sample_key(state["rng"]) if pop is None else jax.vmap(sample_key)(state["rng"])
         ids = np.asarray(prompts["example_id"], np.int32)
         start = time.perf_counter()
         if self.spec.score == "preference":
@@ -120,18 +148,31 @@ class Rollouts:
             samples = [self._draw(state, prompt_rows, key, beta=0.0,
                                   sample_ids=prompt_rows["example_id"] * s + slots_M)]
         sample_s = time.perf_counter() - start
+        new_tokens = float(sum(x["mask"].sum() for x in samples))
+        if pop is None:
+            rollout, metrics = self._scored(prompt_rows, samples)
+        else:
+            members = [self._scored(prompt_rows, [{k: v[p] for k, v in x.items()}
+                                                  for x in samples])
+                       for p in range(pop.size)]
+            rollout = {k: np.stack([r[k] for r, _ in members]) for k in members[0][0]}
+            metrics = {k: np.asarray([m[k] for _, m in members], np.float64)
+                       for k in members[0][1]}
+        metrics["sampler_tokens_per_s"] = new_tokens / max(sample_s, 1e-9)
+        return rollout, metrics
+
+    def _scored(self, prompt_rows, samples):
+        """One run's (or member's) sampled completions as a scored rollout, with its metrics."""
         texts_prompt = [str(x) for x in prompt_rows["prompt_text"]]
         texts = [samples_lib.decode(self.t.data.tokenizer, x) for x in samples]
         seqs = [dict(zip(("tokens", "input_mask", "loss_mask"), samples_lib.join(
             prompt_rows["prompt_tokens"], prompt_rows["prompt_mask"], x["tokens"], x["mask"])))
             for x in samples]
         first = samples[0]
-        new_tokens = float(sum(x["mask"].sum() for x in samples))
         metrics = {
             "sample_length": float(first["mask"].sum(-1).mean()),
             "unfinished_fraction": float(1.0 - first["finished"].mean()),
             "entropy": float(first["entropy_sum"].sum() / max(first["mask"].sum(), 1.0)),
-            "sampler_tokens_per_s": new_tokens / max(sample_s, 1e-9),
         }
         if self.t.data.world is not None:
             metrics["gold_reward"] = float(np.mean(self.t.data.world.gold_rewards(
@@ -181,15 +222,21 @@ def advance(setup, state, prompts, step: int):
     Returns (state, metrics as device arrays or floats, tokens in the rollout); nothing waits
     for the updates to finish.
     """
-    o = setup.cfg.online
+    o, pop = setup.cfg.online, setup.population
     rollout, rollout_metrics = setup.rollouts.collect(state, prompts, step)
     n_tokens = count_tokens(rollout)
-    grollout = mesh_lib.put_global(rollout, setup.mesh, setup.rules)
-    key = jax.random.fold_in(step_lib.stream_key(state["rng"], "rollout_prepare"), step)
+    prepare_key = lambda rng: jax.random.fold_in(step_lib.stream_key(rng, "rollout_prepare"),
+                                                 step)
+    if pop is None:
+        grollout = mesh_lib.put_global(rollout, setup.mesh, setup.rules)
+        key = prepare_key(state["rng"])
+    else:  # [P, rows, ...]: each member trains on its own rollout
+        grollout = population_lib.to_global(rollout, setup.mesh, setup.rules, pop)
+        key = jax.vmap(prepare_key)(state["rng"])
     prepared, obj_state, stats = setup.steps.prepare_rollout(
         state["params"], state["objective"], grollout, setup.frozen, key)
     state = {**state, "objective": jax.device_put(obj_state, setup.spec.shardings["objective"])}
-    rows = len(rollout["example_id"])
+    rows = np.shape(rollout["example_id"])[-1]
     updates = []
     for _ in range(o.epochs):
         for idx in minibatch_rows(rows, o.minibatches):
@@ -197,7 +244,8 @@ def advance(setup, state, prompts, step: int):
                                                setup.frozen)
             updates.append(metrics)
     # Each update's metrics averaged over the epochs and minibatches (finite: all of them).
-    merged = {k: (jnp.min if k == "finite" else jnp.mean)(jnp.stack([u[k] for u in updates]))
+    merged = {k: (jnp.min if k == "finite" else jnp.mean)(jnp.stack([u[k] for u in updates]),
+                                                           axis=0)
               for k in updates[0]}
     merged.update({f"rollout_{k}": v for k, v in stats.items() if k != "rows"})
     return state, {**merged, **rollout_metrics}, n_tokens

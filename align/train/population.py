@@ -28,6 +28,9 @@ the same S seeds (common random numbers: paired comparisons across values).
 - The member axis is split over the mesh's `data` axis when that axis has more than one
   device and divides P; the batch of each member is then split over the remaining batch axes
   (`fsdp`). Otherwise the member axis is replicated and the batch is split as in a single run.
+- Online objectives: each member samples its own rollout from its own policy on the shared
+  prompts (one decoding loop over every member's rows, `sampling.stacked_policy`), scores it
+  on its own, and trains on it; a sweep may not change how rollouts are drawn.
 - Metrics are [P] vectors: metrics.jsonl and TensorBoard get their means, population.jsonl
   the per-member values (align/train/metrics.py); WORKDIR/population.json lists the members.
 """
@@ -242,14 +245,13 @@ def member_objective(cfg, pop: Population, value):
 
 def group_objectives(cfg, pop: Population) -> list:
     """Each block's objective (a grouped sweep), checked to be trainable side by side: the same
-    data kind, reference use, trained module, objective-state structure and artifacts."""
+    data kind, online or not, reference use, trained module, objective-state structure and
+    artifacts."""
     objs = [member_objective(cfg, pop, value) for value, _ in pop.groups()]
     first = objs[0]
     for (value, _), o in zip(pop.groups(), objs):
-        if o.online is not None:
-            raise errors.ConfigError(f"population.sweep: objective {o.name!r} is online; a "
-                                     "population trains offline objectives", key="population.sweep")
         same = {"data kind": (o.data, first.data),
+                "online sampling": (o.online is None, first.online is None),
                 "reference use": (o.uses_reference, first.uses_reference),
                 "trained module": (o.model.name, first.model.name),
                 "objective state": (jax.tree.structure(jax.eval_shape(o.init)),
@@ -367,9 +369,22 @@ class StackedIterator:
             it.set_state(s)
 
 
-def check_supported(cfg, objective) -> None:
-    """Refuses what population training does not cover yet, naming it."""
-    if objective.online:
+def check_supported(cfg, objective, pop: Population) -> None:
+    """Refuses what population training does not cover, naming it. Online members read the
+    same prompts (they differ by the seeds of their samples and initialisations), and a sweep
+    may not change how rollouts are drawn (the mixture weights, the number of samples)."""
+    if not objective.online:
+        return
+    if pop.data == "split":
         raise config_lib.ConfigError(
-            f"population.size > 1: objective {objective.name!r} is online; population "
-            "training covers offline objectives (a batch per step) for now", key="population.size")
+            f"population.data=split: the members of online objective {objective.name!r} read "
+            "the same prompts (their samples differ by seed); use population.data=shared",
+            key="population.data")
+    for value, _ in pop.groups() if pop.swept else ():
+        spec = member_objective(cfg, pop, value).online
+        if spec != objective.online:
+            raise config_lib.ConfigError(
+                f"population.sweep: objective.{pop.key}={value!r} changes how {objective.name!r} "
+                f"draws its rollouts ({spec} vs {objective.online}); a population samples every "
+                "member's rollout the same way, so sweep a setting of the loss instead",
+                key="population.sweep")

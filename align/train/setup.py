@@ -267,7 +267,8 @@ def population_steps(cfg, trained: runs.Trained, lm_def, mesh, rules, pop, *, re
     values, values_sh = pop.value_array(), stack_sh(repl)
     ref_axis = 0 if reference_stacked else None
     ref_sh = stack_sh(reference_sh) if reference_stacked else reference_sh
-    split = pop.data == "split"
+    online = bool(objective.online)
+    split = pop.data == "split" or online  # an online step trains each member on its rollout
     batch_sh = mesh_lib.batch_sharding(mesh, rules)
     train_batch_sh = stack_sh(batch_sh) if split else batch_sh
 
@@ -280,7 +281,7 @@ def population_steps(cfg, trained: runs.Trained, lm_def, mesh, rules, pop, *, re
                 state, batch, frozen, model_def=model_def,
                 objective=obj if obj is not None else member_objective(value),
                 optimizer=trained.optimizer, lr_fn=trained.lr_fn, accum=cfg.optim.accum_steps,
-                ref_def=lm_def)
+                ref_def=lm_def, online=online)
         return train
 
     def evaluate_of(obj):
@@ -312,6 +313,18 @@ def population_steps(cfg, trained: runs.Trained, lm_def, mesh, rules, pop, *, re
         return samples_lib.sequence_kl(state_lib.bind(model_def, p), state_lib.bind(lm_def, r),
                                        b, s, chunk_size=cfg.logprobs.chunk_size)
 
+    def prepare_of(obj):
+        def prepare(params, obj_state, rollout, frozen, key, value):
+            return step_lib.prepare_rollout(
+                params, obj_state, rollout, frozen, key, model_def=model_def,
+                objective=obj if obj is not None else member_objective(value), ref_def=lm_def)
+        return prepare
+
+    prepare_rollout = None
+    if online:
+        prepare_jit = jax.jit(traced(members(prepare_of, (0, 0, 0, train_frozen, 0, 0))))
+        prepare_rollout = lambda p, o, r, f, k: prepare_jit(p, o, r, f, k, values)
+
     reference_fields = None
     if objective.reference_fields is not None:
         reference_fields = jax.jit(traced(lambda r, b: objective.reference_fields(
@@ -335,9 +348,10 @@ def population_steps(cfg, trained: runs.Trained, lm_def, mesh, rules, pop, *, re
         sample_reference=(population_sampler(lm_def) if reference_stacked
                           else jax.jit(traced(_sampler(cfg, lm_def, eos_id)))),
         kl=jax.jit(traced(vmap(kl, (0, ref_axis, None, 0)))),
-        prepare_rollout=None,
-        gather=jax.jit(lambda tree, idx: jax.tree.map(lambda x: x[idx], tree),
-                       out_shardings=batch_sh))
+        prepare_rollout=prepare_rollout,
+        # Rows of every member's rollout ([P, rows, ...]).
+        gather=jax.jit(lambda tree, idx: jax.tree.map(lambda x: x[:, idx], tree),
+                       out_shardings=stack_sh(batch_sh)))
 
 
 def reference_shardings(trained: runs.Trained, lm_def, mesh, rules):
@@ -374,7 +388,7 @@ def build(cfg, workdir: str, *, devices=None) -> Setup:
     rules = mesh_lib.logical_rules(cfg.mesh.rules)
     pop = population_lib.from_config(cfg, mesh)
     if pop is not None:
-        population_lib.check_supported(cfg, objective)
+        population_lib.check_supported(cfg, objective, pop)
         rules = population_lib.member_rules(rules, pop)
     parent = runs.require_finished(cfg.init.workdir, workdir) if cfg.init.workdir else None
 

@@ -210,10 +210,63 @@ def test_bad_population_configs_are_refused_naming_the_key(data_dir, tmp_path, o
         loop.build(cfg, str(tmp_path), devices=jax.devices()[:1])
 
 
-def test_online_objectives_are_refused_for_now(data_dir, tmp_path):
-    cfg = _cfg(data_dir, "configs/online.py:objective=grpo,size=tiny,steps=2", *NO_START,
-               "--config.population.size=2")
-    with pytest.raises(errors.ConfigError, match="is online"):
+ONLINE_SMALL = ["--config.online.max_new_tokens=8", "--config.data.batch_size=4",
+                "--config.optim.warmup_steps=0", "--config.optim.lr=0.001"]
+
+
+@pytest.mark.parametrize("objective, sweep", [
+    # Reward-scored (S samples per prompt, gold scorer), two seeds: member 0 is the run with
+    # the config's seed (member 1 reads the same prompts, so no single run equals it).
+    ("grpo", ""),
+    ("online_dpo", "objective.beta=0.1,0.5"),  # preference-scored: two samples per prompt
+    ("nash_md", ""),  # samples from each member's mixture with its own reference
+    ("ppo", ""),  # a value head, 2 epochs x 2 minibatches per rollout
+])
+def test_online_members_equal_runs_with_their_value(data_dir, tmp_path, objective, sweep):
+    """Each member samples its own rollout (one decoding loop over all members' rows), scores
+    it on its own and trains on it: a member equals the run with its seed and value."""
+    config = f"configs/online.py:objective={objective},size=tiny,steps=2"
+    dev = jax.devices()[:1]
+    pop_loss, pop_params, _ = _steps(
+        _cfg(data_dir, config, *NO_START, *ONLINE_SMALL, "--config.population.size=2",
+             f"--config.population.sweep={sweep}"), tmp_path / "pop", dev, n=2)
+    key, _, values = sweep.partition("=")
+    runs = [[f"--config.{key}={v}"] for v in values.split(",")] if sweep else [[]]
+    for p, extra in enumerate(runs):
+        loss, params, _ = _steps(_cfg(data_dir, config, *NO_START, *ONLINE_SMALL, *extra),
+                                 tmp_path / f"run{p}", dev, n=2)
+        _close(pop_loss[:, p], loss)
+        for a, b in zip(pop_params, params):
+            _close(a[p], b)
+    # The members differ (by initialisation, or by β in their losses).
+    assert not (np.allclose(pop_loss[:, 0], pop_loss[:, 1])
+                and np.allclose(pop_params[0][0], pop_params[0][1]))
+
+
+def test_online_seeds_sample_differently_from_shared_prompts(data_dir, tmp_path):
+    config = "configs/online.py:objective=grpo,size=tiny,steps=2"
+    setup = loop.build(_cfg(data_dir, config, *NO_START, *ONLINE_SMALL,
+                            "--config.population.size=2"), str(tmp_path), devices=jax.devices()[:1])
+    try:
+        state = loop.initial_state(setup)
+        prompts = next(loop.train_iterator(setup))
+        rollout, metrics = setup.rollouts.collect(state, prompts, 0)
+        assert rollout["tokens"].shape[0] == 2 and np.shape(metrics["reward"]) == (2,)
+        assert not np.array_equal(rollout["tokens"][0], rollout["tokens"][1])
+        np.testing.assert_array_equal(rollout["example_id"][0], rollout["example_id"][1])
+    finally:
+        setup.close()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.population.data=split"], "use population.data=shared"),
+    (["--config.population.sweep=objective.mixture_beta=0.1,0.5"],
+     "changes how 'nash_md' draws"),
+])
+def test_online_population_limits_are_named(data_dir, tmp_path, overrides, message):
+    cfg = _cfg(data_dir, "configs/online.py:objective=nash_md,size=tiny,steps=2", *NO_START,
+               "--config.population.size=2", *overrides)
+    with pytest.raises(errors.ConfigError, match=message):
         loop.build(cfg, str(tmp_path), devices=jax.devices()[:1])
 
 
