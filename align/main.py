@@ -51,7 +51,7 @@ def _pm(mean, se) -> str:
 _MEMBER_COLUMNS = (("loss", "held-out loss", 1.0), ("accuracy", "accuracy", 1.0),
                    ("gold_agreement", "gold agreement", 1.0),
                    ("sample_gold_reward", "gold reward", 1.0), ("win_rate", "win rate %", 100.0),
-                   ("kl", "KL (nats)", 1.0))
+                   ("kl", "KL (nats)", 1.0), ("kl_per_token", "KL per token", 1.0))
 
 
 def _value(v) -> str:
@@ -110,7 +110,8 @@ def report(cfg, setup, result) -> str:
                          f"{100 * ev['win_rate']:.1f}% ± {196 * ev['win_rate_se']:.1f}")
         if "kl" in ev:
             lines.append(f"- KL(policy ‖ reference), nats per sequence: "
-                         f"{ev['kl']:.2f} ± {1.96 * ev['kl_se']:.2f}")
+                         f"{ev['kl']:.2f} ± {1.96 * ev['kl_se']:.2f} "
+                         f"({ev['kl_per_token']:.3f} per generated token)")
         if setup.parent is None:
             lines.append(f"- gold reward of the untrained policy's samples: "
                          f"{evaluation.initial_gold(setup.workdir):+.3f}")

@@ -151,11 +151,18 @@ def _sample_metrics(samples) -> dict[str, float]:
         m["sample_length"] = float(np.mean(samples["lengths"]))
     if "kl" in samples:
         m["kl"], m["kl_se"] = samples_lib.mean_and_se(samples["kl"])
+        m["kl_per_token"] = _per_token(samples["kl"], samples["lengths"])
     if "reference_gold" in samples:
         m["win_rate"], m["win_rate_se"] = samples_lib.win_rate(
             samples["gold"], samples["reference_gold"])
         m["reference_gold_reward"], _ = samples_lib.mean_and_se(samples["reference_gold"])
     return m
+
+
+def _per_token(kl_B, lengths_B) -> float:
+    """KL per generated token: the samples' summed sequence KL over their summed lengths (a
+    long policy and a short one compared at one per-token rate)."""
+    return float(np.sum(kl_B) / max(float(np.sum(lengths_B)), 1.0))
 
 
 def _population_metrics(samples) -> dict[str, np.ndarray]:
@@ -167,6 +174,8 @@ def _population_metrics(samples) -> dict[str, np.ndarray]:
         m["sample_length"] = np.array([np.mean(x) for x in samples["lengths"]], np.float64)
     if "kl" in samples:
         m["kl"], m["kl_se"] = _per_member(samples_lib.mean_and_se, samples["kl"])
+        m["kl_per_token"] = np.array([_per_token(k, n) for k, n in
+                                      zip(samples["kl"], samples["lengths"])], np.float64)
     if "reference_gold" in samples:
         m["win_rate"], m["win_rate_se"] = _per_member(
             samples_lib.win_rate, list(zip(samples["gold"], samples["reference_gold"])))

@@ -68,6 +68,9 @@ def test_one_step_smoke_run(name, data_dir, tmp_path):
         assert np.isfinite(result["eval"]["loss"])
     if sampling and name != "sft":
         assert np.isfinite(result["eval"]["kl"]) and 0 <= result["eval"]["win_rate"] <= 1
+        samples = result["samples"]  # per-token KL: summed sequence KL over summed lengths
+        assert result["eval"]["kl_per_token"] == pytest.approx(
+            np.sum(samples["kl"]) / np.sum(samples["lengths"]), rel=1e-6)
     if setup.objective.model.name == "scalar":
         assert os.path.exists(tmp_path / "reward_offset.json")
 
