@@ -565,7 +565,11 @@ def _interval(p: dict) -> str:
 
 
 def claim_lines(cl: list[dict]) -> list[str]:
-    lines = ["", "### Claims (criteria pre-registered in README.md)", ""]
+    lines = ["", "### Claims (criteria pre-registered in README.md)", "",
+             f"Each part: its estimate with the two-sided {100 * (1 - 2 * ALPHA):.0f}% interval "
+             "(Clopper–Pearson for shares of seeds, Student t for per-seed effects), its "
+             "verdict, and whether its direction (share > 0.5, effect > 0) survives Holm "
+             "within the claim.", ""]
     for c in cl:
         lines.append(f"- **{c['claim']}** ({c['scope']}) → **{c['verdict']}**")
         for p in c.get("parts", []):
@@ -574,8 +578,9 @@ def claim_lines(cl: list[dict]) -> list[str]:
                         f"[{p['low']:.2f}, {p['high']:.2f}]")
             else:
                 what = _interval(p)
+            holm = "share > 0.5" if "k" in p else "> 0"
             lines.append(f"  - {p['part']}: {what}, {p['verdict']}"
-                         f"{', holds after Holm' if p['held_after_holm'] else ''}")
+                         f"{f' ({holm} after Holm)' if p['held_after_holm'] else ''}")
         if "null" in c:
             lines.append("  - null (proxy = gold): " + "; ".join(
                 f"{METHOD_LABELS[m]} {v['k']}/{v['n']} seeds, {v['verdict']}"
@@ -599,8 +604,9 @@ def summary_rows(cl: list[dict]) -> list[list[str]]:
                     f"{c['gap']['mean_gap_S'][-1]:.2f} nats")
             published_text = "KL = log n − (n−1)/n"
         else:
-            held = sum(p["verdict"] == stats.REPRODUCED for p in c["parts"])
-            ours = f"{held}/{len(c['parts'])} parts reproduced"
+            count = {v: sum(p["verdict"] == v for p in c["parts"]) for v in stats.VERDICTS}
+            ours = (f"of {len(c['parts'])} parts: {count[stats.REPRODUCED]} reproduced, "
+                    f"{count[stats.CONTRADICTED]} contradicted")
             published_text = "yes (curves)"
         rows.append([c["claim"], published_text, ours, c["verdict"]])
     return rows
