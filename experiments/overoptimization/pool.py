@@ -362,8 +362,9 @@ def form_claim(res: dict, method: str) -> dict:
     parts = []
     for name, setting in res["proxies"].items():
         fv = form_fits(FORM[method], *curve(setting, method)[:2])
-        parts.append((f"{name}: share of seeds where d(α − β {'d' if method == 'bon' else 'log d'}) "
-                      "passes", share_part([f.passes for f in fv]),
+        term = "d" if method == "bon" else "log d"
+        parts.append((f"{name}: share of seeds where d(α − β {term}) passes",
+                      share_part([f.passes for f in fv]),
                       {"proxy": name, "k": int(sum(f.passes for f in fv))}))
     form = published.OVEROPTIMIZATION["forms"][FORM[method]]
     return claim(f"{METHOD_LABELS[method]} gold follows {form}", METHOD_LABELS[method], parts,
@@ -547,7 +548,8 @@ def kl_table(kl: dict) -> list[str]:
         rows.append([f"{n:g}", f"{gap['bound_S'][s]:.3f}", f"{gap['mean_kl_S'][s]:.3f}",
                      f"{gap['mean_gap_S'][s]:.3f} [{gap['min_gap_S'][s]:.3f}, "
                      f"{gap['max_gap_S'][s]:.3f}]",
-                     f"{math.sqrt(gap['bound_S'][s]):.2f} / {math.sqrt(max(gap['mean_kl_S'][s], 0)):.2f}"])
+                     f"{math.sqrt(gap['bound_S'][s]):.2f} / "
+                     f"{math.sqrt(max(gap['mean_kl_S'][s], 0)):.2f}"])
     lim = [[f"{m}", *[f"{v:.1e}" for v in row]] for m, row in zip(kl["limit_pools"],
                                                                   kl["limit_gap"])]
     return ["", "### Best-of-n KL: the published formula against the exact value", "",
@@ -599,8 +601,9 @@ def summary_rows(cl: list[dict]) -> list[list[str]]:
     rows = []
     for c in cl:
         if "bounded" in c:
-            ours = (f"exact KL ≤ formula everywhere; gap ≤ {max(map(abs, c['limit_gap'][-1])):.0e}"
-                    f" at M = {c['limit_pools'][-1]}; at n = 1024 on the worlds "
+            top = max(map(abs, c["limit_gap"][-1]))
+            ours = (f"exact KL ≤ formula everywhere; gap ≤ {top:.0e} at M = "
+                    f"{c['limit_pools'][-1]}; at n = {BON_N[-1]:g} on the worlds "
                     f"{c['gap']['mean_gap_S'][-1]:.2f} nats")
             published_text = "KL = log n − (n−1)/n"
         else:
