@@ -4,6 +4,8 @@ win rate at matched KL, lambda-weight ablations, with pre-registered verdicts.
     python experiments/lipo/pool.py --quick    # 16 seeds, 300 steps, K in {2, 8, 32}, 3 betas
     python experiments/lipo/pool.py            # full protocol (32 seeds; see README.md)
     python experiments/lipo/pool.py --publish  # the same, then pool_results.md and pool_*.png here
+    python experiments/lipo/pool.py --frontier-every 1  # post hoc: the matched-KL frontier of
+                                                        # LiPO-λ and pair-logistic, every step
 
 Outputs go to ~/align-runs/experiments/lipo_pool (lipo_pool_quick for --quick; $ALIGN_RUNS
 replaces ~/align-runs) or --out.
@@ -157,8 +159,10 @@ def _cached(path: str, spec: dict, compute):
     return result
 
 
-def run_all(mode: dict, out: str, fns: dict | None = None) -> dict:
-    """Every block of the protocol: {block: {setting: run_setting result}}; cached in out/runs."""
+def run_all(mode: dict, out: str, fns: dict | None = None, *, frontier_only: bool = False
+            ) -> dict:
+    """Every block of the protocol: {block: {setting: run_setting result}}; cached in out/runs.
+    frontier_only: the beta sweep (and its main-setting column) alone."""
     fns = loss_fns() if fns is None else fns
     pair = worlds(mode)
     spec_base = {k: (list(v) if isinstance(v, tuple) else v) for k, v in mode.items()}
@@ -175,7 +179,10 @@ def run_all(mode: dict, out: str, fns: dict | None = None) -> dict:
     # The main setting is one column of the beta sweep (the same seeds, worlds and lists).
     at = mode["betas"].index(BETA) if BETA in mode["betas"] else None
     res["main"] = {n: (at_beta(res["beta"][n], at) if n in res["beta"] and at is not None
-                       else run("main", n, record_every=mode["record_every"])) for n in LOSSES}
+                       else run("main", n, record_every=mode["record_every"]))
+                   for n in LOSSES if n in res["beta"] or not frontier_only}
+    if frontier_only:
+        return res
     if mode["linear"]:
         res["linear"] = {n: run("linear", n, width=0) for n in LOSSES}
     res["ablation"] = {w: run("ablation", f"lipo_lambda/{w}") for w in mode["weightings"]}
@@ -259,10 +266,15 @@ def frontier_points(setting: dict):
     return (np.moveaxis(kl, 1, 0).reshape(r, -1), np.moveaxis(win, 1, 0).reshape(r, -1))
 
 
+def reach(setting: dict) -> float:
+    """The largest KL that every seed's frontier reaches."""
+    return float(frontier_points(setting)[0].max(axis=1).min())
+
+
 def kl_grid(settings: list[dict], points_G: int) -> np.ndarray:
     """points_G KL values from KL_GRID_FROM to the smallest, over seeds and settings, of the
     largest KL a seed reached (empty when that is below KL_GRID_FROM)."""
-    top = min(float(frontier_points(s)[0].max(axis=1).min()) for s in settings)
+    top = min(reach(s) for s in settings)
     return np.linspace(KL_GRID_FROM, top, points_G) if top > KL_GRID_FROM else np.zeros(0)
 
 
@@ -313,16 +325,22 @@ def claims(res: dict, mode: dict) -> list[dict]:
             (f"DCG weight > {WEIGHTINGS[w]}", judge(lipo_main, points(res["ablation"][w]),
                                                      paper_effect=gap))
             for w in mode["weightings"]], "MLP policy"))
+    return out + matched_kl_claim(res, mode)
+
+
+def matched_kl_claim(res: dict, mode: dict) -> list[dict]:
+    """Claim 5 (not the paper's): LiPO-λ beats pair-logistic on their frontiers' common KL grid."""
     pair = [res["beta"][n] for n in ("lipo_lambda", "pair_logistic")]
     grid = kl_grid(pair, mode["grid"])
-    if grid.size:
-        lipo_m, pl_m = (matched(s, grid) for s in pair)
-        out.append(claim("LiPO-lambda beats pair-logistic at matched KL (frontier over beta and "
-                         "training steps)", [
-                             (f"LiPO-λ > pair-logistic at KL {k:.2f}",
-                              judge(lipo_m[:, g], pl_m[:, g], paper_effect=gap))
-                             for g, k in enumerate(grid)], "MLP policy, frontier"))
-    return out
+    if not grid.size:
+        return []
+    lipo_m, pl_m = (matched(s, grid) for s in pair)
+    gap = paper_gap("lipo_lambda", "pair_logistic")
+    return [claim("LiPO-lambda beats pair-logistic at matched KL (frontier over beta and "
+                  "training steps)", [
+                      (f"LiPO-λ > pair-logistic at KL {k:.2f}",
+                       judge(lipo_m[:, g], pl_m[:, g], paper_effect=gap))
+                      for g, k in enumerate(grid)], "MLP policy, frontier")]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -411,8 +429,9 @@ def ablation_table(res: dict, mode: dict) -> list[str]:
                                     "DCG − this (points)"], rows)]
 
 
-def claim_lines(cl: list[dict]) -> list[str]:
-    lines = ["", "Claims (criteria pre-registered in README.md): each part's effect in points "
+def claim_lines(cl: list[dict], source: str = "criteria pre-registered in README.md"
+                ) -> list[str]:
+    lines = ["", f"Claims ({source}): each part's effect in points "
              f"with its {100 * (1 - 2 * ALPHA):.0f}% paired-t interval, its verdict, and whether "
              "it holds after Holm within the claim.", ""]
     for c in cl:
@@ -448,16 +467,16 @@ def frontier_table(res: dict, mode: dict) -> list[str]:
                 f"{KL_GRID_FROM} nats on every seed; no comparison."]
     betas = ", ".join(f"{b:g}" for b in mode["betas"])
     lines = ["", f"Win rate (%) at matched KL (nats): the upper frontier over beta ∈ "
-             f"{{{betas}}} and every {mode['record_every']}th training step, per seed, "
-             "interpolated at common KL values (— where some seed's frontier does not reach it).",
-             ""]
+             f"{{{betas}}} and the metrics recorded every {mode['record_every']} training "
+             "steps, per seed, interpolated at common KL values (— where some seed's frontier "
+             "does not reach it).", ""]
     rows = []
     for n in LOSSES:
         if n not in res["beta"]:
             continue
-        reach = float(frontier_points(res["beta"][n])[0].max(axis=1).min())
+        top = reach(res["beta"][n])
         vals = matched(res["beta"][n], grid)
-        rows.append([LABELS[n], *[_cell(vals[:, g]) if k <= reach else "—"
+        rows.append([LABELS[n], *[_cell(vals[:, g]) if k <= top else "—"
                                   for g, k in enumerate(grid)]])
     lines.append(harness.markdown_table(["loss", *[f"KL {k:.2f}" for k in grid]], rows))
     fixed = points(res["main"]["lipo_lambda"]) - points(res["main"]["pair_logistic"])
@@ -504,8 +523,7 @@ def plot_sizes(res: dict, mode: dict, path: str) -> None:
 def plot_frontier(res: dict, path: str) -> None:
     def draw(ax):
         for n in (n for n in LOSSES if n in res["beta"]):
-            reach = float(frontier_points(res["beta"][n])[0].max(axis=1).min())
-            grid = np.linspace(0.0, reach, 40)
+            grid = np.linspace(0.0, reach(res["beta"][n]), 40)
             ax.plot(grid, matched(res["beta"][n], grid).mean(axis=0), label=LABELS[n])
 
     harness.plot(path, draw, title="Tier A: win rate against KL (frontier over beta and steps)",
@@ -514,6 +532,10 @@ def plot_frontier(res: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     p = harness.parser(__doc__)
+    p.add_argument("--frontier-every", type=int, default=0, metavar="N",
+                   help="post hoc, outside the pre-registered protocol: only the beta sweep of "
+                        "LiPO-λ and pair-logistic, with exact metrics every N steps, and the "
+                        "matched-KL comparison on it")
     args = p.parse_args(argv)
     mode_name = harness.mode(p, args)
     mode = dict(MODES[mode_name])
@@ -521,8 +543,14 @@ def main(argv=None) -> int:
         mode["seeds"] = args.seeds
     if mode["seeds"] < 2:
         p.error(f"--seeds must be at least 2 (paired intervals), got {mode['seeds']}")
-    out = harness.output_dir(args.out, "lipo_pool" if mode_name == "full"
-                             else f"lipo_pool_{mode_name}")
+    name = "lipo_pool" if mode_name == "full" else f"lipo_pool_{mode_name}"
+    if args.frontier_every:
+        if args.publish or mode["steps"] % args.frontier_every:
+            p.error("--frontier-every: a post-hoc check (no --publish) whose N divides the "
+                    f"{mode['steps']} steps")
+        return frontier_check(mode, harness.output_dir(
+            args.out, f"{name}_frontier_every{args.frontier_every}"), args.frontier_every)
+    out = harness.output_dir(args.out, name)
     os.makedirs(out, exist_ok=True)
     res = run_all(mode, out)
     cl = claims(res, mode)
@@ -536,6 +564,22 @@ def main(argv=None) -> int:
     if args.publish:
         shutil.copyfile(os.path.join(out, "results.md"), os.path.join(HERE, RESULTS_MD))
         harness.publish(out, HERE, PLOTS)
+    print(md)
+    return 0
+
+
+def frontier_check(mode: dict, out: str, every: int) -> int:
+    """The matched-KL comparison with the frontier recorded every `every` steps (post hoc)."""
+    mode = dict(mode, record_every=every, frontier=("pair_logistic", "lipo_lambda"))
+    res = run_all(mode, out, frontier_only=True)
+    cl = matched_kl_claim(res, mode)
+    md = "\n".join([f"# Tier A, post hoc: LiPO-λ and pair-logistic at matched KL, metrics every "
+                    f"{every} steps ({mode['seeds']} seeds)", *frontier_table(res, mode),
+                    *claim_lines(cl, "claim 5's pre-registered rule, applied post hoc to "
+                                     "this finer frontier")]) + "\n"
+    plot_frontier(res, os.path.join(out, PLOTS[2]))
+    harness.write_outputs(out, {"settings": mode, "results": _without_trajectories(res),
+                                "claims": cl}, md)
     print(md)
     return 0
 
