@@ -73,7 +73,7 @@ BOUNDS: dict[str, Bound] = {
     "mesh.data": Bound(ge=-1), "mesh.fsdp": Bound(ge=-1), "mesh.tensor": Bound(ge=-1),
     "distributed.num_processes": _NONNEG, "distributed.process_id": Bound(ge=-1),
     "logprobs.chunk_size": _NONNEG,
-    "population.size": _COUNT,
+    "population.size": _COUNT, "population.eval_chunk": _NONNEG,
 }
 
 # Sections whose keys are not fixed: path -> the type every value must have.
@@ -173,8 +173,9 @@ def default_config() -> ConfigDict:
         # P members trained in one jit (align/train/population.py): size = P; sweep =
         # "objective.KEY=v1,v2,..." gives each value P / (number of values) members, seeds
         # seed, seed + 1, ... in every value's block; data = "shared" (one data order for all)
-        # or "split" (member with seed s reads the order of seed s).
-        size=1, sweep="", data="shared"))
+        # or "split" (member with seed s reads the order of seed s); eval_chunk = members
+        # sampled and scored at once in evaluation (0 = all; smaller bounds its memory).
+        size=1, sweep="", data="shared", eval_chunk=16))
     return c
 
 

@@ -20,6 +20,7 @@ from align import mesh as mesh_lib
 from align import samples as samples_lib
 from align.data import sources
 from align.train import metrics as metrics_lib
+from align.train import population as population_lib
 from align.train import setup as setup_lib
 from align.train import step as step_lib
 
@@ -80,13 +81,31 @@ def policy_samples(setup, state, step: int) -> dict[str, Any]:
     return result
 
 
+def _by_chunks(setup, fn, *stacked):
+    """fn on blocks of population.eval_chunk members of member-stacked trees, its outputs
+    brought to the host and joined over members. Sampling every member's rows at once would
+    hold all their caches and logits."""
+    parts = [mesh_lib.to_host(fn(*(jax.tree.map(lambda x: x[sl], t) for t in stacked)))
+             for sl in population_lib.chunks(setup.population.size,
+                                              int(setup.cfg.population.eval_chunk))]
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+
+
 def _population_samples(setup, state, step: int, prompts, dbatch) -> dict[str, Any]:
     """policy_samples for every member: each field a list over members ([P][B])."""
     pop = setup.population
     key_P = jax.vmap(lambda r: jax.random.fold_in(step_lib.stream_key(r, "sample"), step))(
         state["rng"])
-    out = setup.steps.sample(state["params"], dbatch, key_P)
-    host = mesh_lib.to_host(out)
+    stacked_ref = setup.reference if setup.reference_stacked else None
+
+    def sample_and_kl(params, keys, own_ref):
+        out = setup.steps.sample(params, dbatch, keys)
+        if setup.reference is None:
+            return out, None
+        ref = own_ref if own_ref is not None else setup.reference
+        return out, setup.steps.kl(params, ref, dbatch, out)
+
+    host, kl_PxB = _by_chunks(setup, sample_and_kl, state["params"], key_P, stacked_ref)
     world, tok = setup.data.world, setup.data.tokenizer
     completions = [samples_lib.decode(tok, {k: v[p] for k, v in host.items()})
                    for p in range(pop.size)]
@@ -95,7 +114,6 @@ def _population_samples(setup, state, step: int, prompts, dbatch) -> dict[str, A
     if world is not None:
         result["gold"] = [world.gold_rewards(prompts, c) for c in completions]
     if setup.reference is not None:
-        kl_PxB = mesh_lib.to_host(setup.steps.kl(state["params"], setup.reference, dbatch, out))
         result["kl"] = list(kl_PxB)
         if world is not None:
             if "reference_gold" not in setup.memo:
@@ -104,8 +122,8 @@ def _population_samples(setup, state, step: int, prompts, dbatch) -> dict[str, A
                 if setup.reference_stacked:
                     ref_key = jax.vmap(lambda r: step_lib.stream_key(r, "reference_sample"))(
                         state["rng"])
-                    ref = mesh_lib.to_host(setup.steps.sample_reference(setup.reference, dbatch,
-                                                                        ref_key))
+                    ref = _by_chunks(setup, lambda r, k: setup.steps.sample_reference(
+                        r, dbatch, k), setup.reference, ref_key)
                     gold = [world.gold_rewards(prompts, samples_lib.decode(
                         tok, {k: v[p] for k, v in ref.items()})) for p in range(pop.size)]
                 else:

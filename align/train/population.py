@@ -177,6 +177,12 @@ def from_config(cfg, mesh) -> Population | None:
     # A grouped sweep slices the member axis by value: each block must divide over the axis.
     block = size if traced else per_value
     axes = (MEMBER_AXIS,) if n > 1 and block % n == 0 else ()
+    chunk = int(c.eval_chunk)
+    if axes and chunk and chunk % n:
+        raise errors.ConfigError(
+            f"population.eval_chunk={chunk} must be a multiple of the {n} devices of the mesh's "
+            f"data axis that the {size} members are split over (or 0: all at once)",
+            key="population.eval_chunk")
     pop = Population(size, seeds, key, member_values, str(c.data), axes, traced)
     if pop.traced:
         for value in values:  # every value is checked as a number before any compute
@@ -310,6 +316,12 @@ def stacked_shardings(shardings, pop: Population, mesh):
 def member(tree, p: int):
     """Member p's slice of a member-stacked tree."""
     return jax.tree.map(lambda x: x[p], tree)
+
+
+def chunks(size: int, chunk: int) -> list[slice]:
+    """The member axis in blocks of `chunk` (0: one block of all), in order."""
+    chunk = chunk or size
+    return [slice(start, min(start + chunk, size)) for start in range(0, size, chunk)]
 
 
 def to_global(batch, mesh, rules, pop: Population) -> dict[str, jax.Array]:

@@ -202,12 +202,14 @@ def test_population_resumes_exactly_and_logs_every_member(data_dir, tmp_path, mo
      "differs from 'dpo' in its data kind"),
     (["--config.population.size=2", "--config.population.sweep=objective.name=dpo,nope"],
      "objective.name='nope'"),
+    (["--config.population.size=4", "--config.population.eval_chunk=3", "--config.mesh.data=2"],
+     "eval_chunk=3 must be a multiple of the 2 devices"),
 ])
 def test_bad_population_configs_are_refused_naming_the_key(data_dir, tmp_path, overrides,
                                                            message):
     cfg = _cfg(data_dir, DPO, *NO_START, *overrides)
     with pytest.raises(errors.ConfigError, match=message):
-        loop.build(cfg, str(tmp_path), devices=jax.devices()[:1])
+        loop.build(cfg, str(tmp_path), devices=jax.devices()[:2])
 
 
 ONLINE_SMALL = ["--config.online.max_new_tokens=8", "--config.data.batch_size=4",
@@ -312,3 +314,24 @@ def test_layout_is_value_major_with_common_seeds():
     assert pop.axes == ("data",)
     single = config_lib.resolve(os.path.join(ROOT, DPO), [])
     assert population_lib.from_config(single, Mesh()) is None
+
+
+def test_evaluation_in_member_chunks_equals_all_at_once(data_dir, tmp_path):
+    """population.eval_chunk=1 samples and scores one member at a time: the same samples,
+    KLs and metrics as all members at once (0)."""
+    from align.train import evaluation
+
+    results = []
+    for chunk in (0, 1):
+        cfg = _cfg(data_dir, DPO, *NO_START, "--config.population.size=2",
+                   f"--config.population.eval_chunk={chunk}")
+        setup = loop.build(cfg, str(tmp_path / f"c{chunk}"), devices=jax.devices()[:1])
+        try:
+            results.append(evaluation.evaluate(setup, loop.initial_state(setup), 0))
+        finally:
+            setup.close()
+    (m0, s0), (m1, s1) = results
+    assert s0["completions"] == s1["completions"]
+    np.testing.assert_allclose(np.asarray(s0["kl"]), np.asarray(s1["kl"]), rtol=1e-5, atol=1e-5)
+    for name in ("kl", "kl_per_token", "sample_gold_reward", "win_rate", "loss"):
+        np.testing.assert_allclose(m0[name], m1[name], rtol=1e-5, atol=1e-6)
