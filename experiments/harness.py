@@ -72,6 +72,19 @@ def mode(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     return name
 
 
+def mode_settings(p: argparse.ArgumentParser, args: argparse.Namespace, modes: dict, *,
+                  min_seeds: int, why: str) -> tuple[str, dict]:
+    """(mode name, a copy of its settings with --seeds applied); fewer than `min_seeds` seeds
+    is a usage error (`why` says what needs them)."""
+    name = mode(p, args)
+    settings = dict(modes[name])
+    if args.seeds:
+        settings["seeds"] = args.seeds
+    if settings["seeds"] < min_seeds:
+        p.error(f"--seeds must be at least {min_seeds} ({why}), got {settings['seeds']}")
+    return name, settings
+
+
 def output_dir(out: str, name: str) -> str:
     """`out` made absolute, or by default $ALIGN_RUNS/experiments/<name>, outside the repository."""
     if out:

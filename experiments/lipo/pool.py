@@ -537,12 +537,7 @@ def main(argv=None) -> int:
                         "LiPO-λ and pair-logistic, with exact metrics every N steps, and the "
                         "matched-KL comparison on it")
     args = p.parse_args(argv)
-    mode_name = harness.mode(p, args)
-    mode = dict(MODES[mode_name])
-    if args.seeds:
-        mode["seeds"] = args.seeds
-    if mode["seeds"] < 2:
-        p.error(f"--seeds must be at least 2 (paired intervals), got {mode['seeds']}")
+    mode_name, mode = harness.mode_settings(p, args, MODES, min_seeds=2, why="paired intervals")
     name = "lipo_pool" if mode_name == "full" else f"lipo_pool_{mode_name}"
     if args.frontier_every:
         if args.publish or mode["steps"] % args.frontier_every:

@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import harness  # noqa: E402
 
-from align.evaluate import stats  # noqa: E402
+from align.evaluate import cycle, stats  # noqa: E402
 from align.tasks import labelers, reviews  # noqa: E402
 from third_party import published  # noqa: E402
 
@@ -60,12 +60,17 @@ LENGTHS = harness.lengths(PROMPT_LEN, NEW_TOKENS)
 MODES = {
     # steps of each stage, labelled pairs, held-out prompts x samples for the head-to-heads,
     # prompts of each policy run's final evaluation (its KL and gold-reward win rate)
+    # require_cycle: stop before any policy run unless the preference model learned the cycle
+    # (align/evaluate/cycle.py; --ignore_precondition runs them anyway, and says so).
     "full": dict(sft_steps=400, pm_steps=300, policy_steps=80, num_train=4096, prompts=128,
-                 samples=2, seeds=3, betas=BETAS, size="tiny", eval_samples=64),
+                 samples=2, seeds=3, betas=BETAS, size="tiny", eval_samples=64,
+                 require_cycle=True),
     "quick": dict(sft_steps=300, pm_steps=150, policy_steps=60, num_train=2048, prompts=64,
-                  samples=2, seeds=1, betas=(0.0, 0.25, 1.0), size="tiny", eval_samples=64),
+                  samples=2, seeds=1, betas=(0.0, 0.25, 1.0), size="tiny", eval_samples=64,
+                  require_cycle=True),
     "tiny": dict(sft_steps=20, pm_steps=10, policy_steps=2, num_train=512, prompts=8,
-                 samples=1, seeds=1, betas=(0.0, 0.5, 1.0), size="tiny", eval_samples=8),
+                 samples=1, seeds=1, betas=(0.0, 0.5, 1.0), size="tiny", eval_samples=8,
+                 require_cycle=False),
 }
 
 
@@ -120,8 +125,10 @@ def style_shares(prompts_B, texts_BxK, world) -> np.ndarray:
     return np.array([counts[s] / total for s in (0, 1, 2, -1)])
 
 
-def train_all(out: str, mode: dict, seeds: int) -> dict:
-    """Every run of the protocol; returns their workdirs. Cached runs are read back."""
+def train_all(out: str, mode: dict, seeds: int, ignore_precondition: bool = False) -> dict:
+    """Every run of the protocol; returns their workdirs (and, under "precondition", the
+    preference model's learned-cycle check, made before any policy run). Cached runs are read
+    back."""
     size, data_dir = mode["size"], os.path.join(out, "data")
     world = [*harness.TINY_DATA, f"--config.data.num_train={mode['num_train']}",
              *LENGTHS,
@@ -138,6 +145,17 @@ def train_all(out: str, mode: dict, seeds: int) -> dict:
         harness.log(objective)
         harness.train(f"configs/reward_model.py:objective={objective},size={size},"
                       f"steps={mode['pm_steps']}", dirs[key], [*world, *start])
+    check = cycle.preference_model_check(dirs["pm"])
+    harness.log(f"precondition, the preference model's cycle: {check.describe()}")
+    dirs["precondition"] = {"learned": check.learned, "share": check.share,
+                            "share_low": check.share_low, "threshold": check.threshold,
+                            "alpha": check.fit.alpha, "gamma": check.fit.gamma,
+                            "pairs": check.fit.n, "text": check.describe()}
+    if not check.learned and mode["require_cycle"] and not ignore_precondition:
+        raise SystemExit(
+            "the preference model did not learn the judge's cycle, so no Nash-MD claim can be "
+            f"tested on it: {check.describe()}. Train it longer (pm_steps) or on more pairs "
+            "(num_train), or pass --ignore_precondition to run the policies anyway.")
     policy = f"size={size},steps={mode['policy_steps']}"
     online = [*world, *start, f"--config.eval.num_samples={mode['eval_samples']}",
               "--config.train.eval_every=1000000"]
@@ -166,7 +184,7 @@ def evaluate(dirs: dict, mode: dict, seeds: int) -> dict:
     lab = judge()
     texts = {}
     for key, workdir in dirs.items():
-        if key in ("pm", "rm"):
+        if key in ("pm", "rm", "precondition"):
             continue
         prompts, texts[key] = harness.sample_texts(workdir, num_prompts=mode["prompts"],
                                                    samples=mode["samples"], seed=1234)
@@ -233,7 +251,11 @@ def markdown(res: dict, summ: dict) -> str:
     rows.append(["SFT (reference)", "", "", "0.500", "0.500", "0", " / ".join(
         f"{s:.2f}" for s in res["sft_styles"][:3])])
     c = summ["criteria"]
+    pre = res.get("precondition")
     lines = [
+        "Precondition (checked before any policy run): the preference model's "
+        + (pre["text"] if pre else "cycle was not checked"),
+        "",
         f"Win rate against RLHF under the gold (intransitive) judge, mean ± 95% CI over "
         f"{res['seeds']} seed(s); paper: {published.NASH_MD['citation']} "
         f"({published.NASH_MD['source']}; the paper has no β = 0.875 row).",
@@ -300,22 +322,26 @@ def compilation_cache(path: str):
 
 def main(argv=None) -> int:
     p = harness.parser(__doc__)
+    p.add_argument("--ignore_precondition", action="store_true",
+                   help="run the policies even if the preference model did not learn the cycle")
     args = p.parse_args(argv)
     name = harness.mode(p, args)
     mode = MODES[name]
     seeds = args.seeds or mode["seeds"]
     out = harness.output_dir(args.out, NAME)
     with compilation_cache(os.path.join(out, "jax_cache")):
-        return _run(name, mode, seeds, out, args.publish)
+        return _run(name, mode, seeds, out, args.publish, args.ignore_precondition)
 
 
-def _run(name: str, mode: dict, seeds: int, out: str, publish: bool) -> int:
+def _run(name: str, mode: dict, seeds: int, out: str, publish: bool,
+         ignore_precondition: bool = False) -> int:
     start = time.time()
-    dirs = train_all(out, mode, seeds)
+    dirs = train_all(out, mode, seeds, ignore_precondition)
     harness.log("head-to-heads")
     res = evaluate(dirs, mode, seeds)
     summ = summary(res)
-    res.update(summary=summ, mode=name, temperature=TEMPERATURE, intransitive=INTRANSITIVE,
+    res.update(summary=summ, mode=name, precondition=dirs["precondition"],
+               temperature=TEMPERATURE, intransitive=INTRANSITIVE,
                tau=TAU, seconds=time.time() - start)
     md = markdown(res, summ)
     harness.write_outputs(out, res, md)

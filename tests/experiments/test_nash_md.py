@@ -86,6 +86,8 @@ def test_tiny_run_writes_table_plots_and_finite_results(runs_home):
     assert run.main(["--tiny"]) == 0
     table = (out / "results.md").read_text()
     assert "win vs RLHF (paper)" in table and "best response (β=1)" in table
+    # The precondition was checked before the policy runs and is reported first.
+    assert table.startswith("Precondition (checked before any policy run)")
     for name in run.PLOTS:
         assert (out / name).stat().st_size > 1000
     res = json.loads((out / "results.json").read_text())
@@ -99,6 +101,8 @@ def test_tiny_run_writes_table_plots_and_finite_results(runs_home):
                 assert all(0.0 <= v <= 1.0 for v in r[key]), (beta, key)
         assert np.asarray(r["styles"]).shape == (1, 4)
         np.testing.assert_allclose(np.sum(r["styles"]), 1.0)
+    pre = res["precondition"]
+    assert pre["pairs"] > 0 and math.isfinite(pre["alpha"]) and isinstance(pre["learned"], bool)
     summ = res["summary"]
     assert len(summ["mean"]) == len(summ["hw"]) == len(betas)
     assert all(math.isfinite(v) for v in summ["mean"] + summ["hw"])
