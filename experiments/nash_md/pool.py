@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import shutil
 import sys
@@ -57,7 +56,7 @@ BETAS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 EMA = 0.99  # Nash-EMA's parameter averaging g
 LR = 0.02  # Adam on the exact objectives
 FIT_STEPS, FIT_LR = 400, 0.05  # full-batch Adam for the reward and the preference model
-CYCLE_PAIRS = 4096  # held-out pairs from pi_ref for the learned-cycle check
+CYCLE_PAIRS = 4096  # held-out pairs, uniform over candidates, for the learned-cycle check
 # Verdicts.
 ALPHA = 0.05
 SMALL = (0.0, 0.5)  # the argmax must lie in (0, 0.5]
@@ -196,7 +195,7 @@ def train_nash(world: pool.World, pref_NxMxM, *, steps: int, beta=0.0, ema=None,
 
 def seed_data(mode: dict, tilt: float):
     """Per-seed training and held-out worlds, judge-labelled pairs from pi_ref on the training
-    world, and held-out pairs from pi_ref on the held-out world (the cycle check's)."""
+    world, and held-out pairs uniform over the held-out world's candidates (the cycle check's)."""
     r = mode["seeds"]
     kw = dict(style_tilt=tilt)
     train_w = pool.make_worlds(jax.random.key(KEYS["train_worlds"]), r, prompts=mode["prompts"],
@@ -204,13 +203,17 @@ def seed_data(mode: dict, tilt: float):
     eval_w = pool.make_worlds(jax.random.key(KEYS["eval_worlds"]), r,
                               prompts=mode["eval_prompts"], **kw)
 
-    def draw(name, worlds, count):
+    def draw(name, worlds, count, uniform=False):
         return jax.vmap(lambda s, w: pool.sample_pairs(
-            jax.random.fold_in(jax.random.key(KEYS[name]), s), w, w.ref_logp, JUDGE, count))(
+            jax.random.fold_in(jax.random.key(KEYS[name]), s), w,
+            jnp.zeros_like(w.ref_logp) if uniform else w.ref_logp, JUDGE, count))(
                 jnp.arange(r), worlds)
 
+    # The check's pairs are uniform over candidates, not from pi_ref: under a style-tilted
+    # pi_ref, u is nearly constant on its samples, so there C(a, b) ≈ U (v_b - v_a) is a
+    # difference of one-item scores and a Bradley-Terry model would pass the check.
     return (train_w, eval_w, draw("pairs", train_w, mode["pairs"]),
-            draw("cycle_pairs", eval_w, min(CYCLE_PAIRS, 16 * mode["pairs"])))
+            draw("cycle_pairs", eval_w, min(CYCLE_PAIRS, 16 * mode["pairs"]), uniform=True))
 
 
 @functools.lru_cache(maxsize=None)
@@ -358,9 +361,10 @@ def claims(res: dict) -> dict:
                      "power": f"with {n} seeds the exact binomial test against the chance share "
                               f"{chance_share():.3f} (level {ALPHA}) detects a true share of "
                               f"{mde:.2f} or more with power 0.8"}
+    gap_mde = stats.minimum_detectable_effect(gap_sd, n, alpha=ALPHA)
     out["worst"] = {"verdict": worst.verdict, "parts": _part_rows(wparts),
                     "held": list(worst.held),
-                    "power": f"minimum detectable paired gap {stats.minimum_detectable_effect(gap_sd, n, alpha=ALPHA):.4f} "
+                    "power": f"minimum detectable paired gap {gap_mde:.4f} "
                              f"(largest sd {gap_sd:.4f} over {n} seeds, one-sided t, power 0.8); "
                              f"smallest gap of interest {SMALLEST_GAP}"}
     esd = max(float(np.std(win[:, BETAS.index(b)] - np.asarray(res["ema"]["vs_rlhf"]), ddof=1))
