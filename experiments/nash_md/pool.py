@@ -451,12 +451,8 @@ def markdown(results: dict, mode: dict, mode_name: str, cl: dict) -> str:
 def main(argv=None) -> int:
     p = harness.parser(__doc__)
     args = p.parse_args(argv)
-    mode_name = harness.mode(p, args)
-    mode = dict(MODES[mode_name])
-    if args.seeds:
-        mode["seeds"] = args.seeds
-    if mode["seeds"] < 3:
-        p.error(f"--seeds must be at least 3 (intervals over seeds), got {mode['seeds']}")
+    mode_name, mode = harness.mode_settings(p, args, MODES, min_seeds=3,
+                                            why="intervals over seeds")
     out = harness.output_dir(args.out, NAME if mode_name == "full" else f"{NAME}_{mode_name}")
     os.makedirs(out, exist_ok=True)
     results = {label: run_condition(mode, tilt, out, label)
