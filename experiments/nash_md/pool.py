@@ -265,7 +265,7 @@ def run_condition(mode: dict, tilt: float, out: str, label: str) -> dict:
     """One condition's results, cached in out/runs/<label>.json beside the spec it ran with."""
     spec = {"mode": {k: v for k, v in mode.items() if k != "tilts"}, "tilt": tilt, "keys": KEYS,
             "judge": [JUDGE.strength, JUDGE.cycle], "tau": TAU, "betas": list(BETAS),
-            "ema": EMA, "lr": LR, "fit": [FIT_STEPS, FIT_LR]}
+            "ema": EMA, "lr": LR, "fit": [FIT_STEPS, FIT_LR], "cycle_pairs": "uniform"}
     path = os.path.join(out, "runs", f"{label}.json")
     if os.path.exists(path):
         with open(path) as f:

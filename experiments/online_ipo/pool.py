@@ -136,7 +136,8 @@ def _run_fn(steps: int):
 
 def run(mode: dict, out: str) -> dict:
     spec = {"mode": mode, "tilt": TILT, "keys": nmd.KEYS, "tau": nmd.TAU, "lr": LR,
-            "arms": list(ARMS.values()), "judge": [nmd.JUDGE.strength, nmd.JUDGE.cycle]}
+            "arms": list(ARMS.values()), "judge": [nmd.JUDGE.strength, nmd.JUDGE.cycle],
+            "cycle_pairs": "uniform"}
     path = os.path.join(out, "runs", "ipo.json")
     if os.path.exists(path):
         with open(path) as f:
