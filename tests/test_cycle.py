@@ -69,6 +69,32 @@ def test_a_weak_cycle_below_the_threshold_does_not_pass():
     assert passes / 200 <= 0.05
 
 
+# The cycle over three styles: C[i, j] = +1 when style i beats style j.
+CYCLE_3x3 = np.array([[0, 1, -1], [-1, 0, 1], [1, -1, 0]], np.float64)
+
+
+def test_a_transitive_style_preference_on_uneven_pairs_is_not_a_cycle():
+    """A Bradley–Terry model that ranks style 0 > 1 > 2, on pairs where styles 0 and 1 are
+    common and 2 rare: its style differences correlate with C, so without the styles' terms
+    the rule would call it a cycle; with them it does not."""
+    rng = np.random.default_rng(5)
+    fooled = passes = 0
+    for _ in range(100):
+        n = 1024
+        sa, sb = (rng.choice(3, n, p=[0.45, 0.45, 0.1]) for _ in range(2))
+        delta_N, cycle_N = rng.normal(0.0, 0.5, n), CYCLE_3x3[sa, sb]
+        potential = np.array([2.0, 0.0, -2.0])
+        logit_N = 2.0 * delta_N + potential[sa] - potential[sb] + rng.normal(0, 0.5, n)
+        fooled += cycle.check(cycle.fit_cycle(logit_N, delta_N, cycle_N), judge_weight=W).learned
+        passes += cycle.check(cycle.fit_cycle(logit_N, delta_N, cycle_N, style_a_N=sa,
+                                              style_b_N=sb), judge_weight=W).learned
+    assert fooled >= 90 and passes <= 5
+    # A real cycle on the same uneven pairs is still found with the styles' terms.
+    logit_N = 2.0 * (delta_N + W * cycle_N) + potential[sa] - potential[sb]
+    fit = cycle.fit_cycle(logit_N, delta_N, cycle_N, style_a_N=sa, style_b_N=sb)
+    assert fit.gamma == pytest.approx(2.0 * W) and cycle.check(fit, judge_weight=W).learned
+
+
 def test_planted_cycle_passes():
     rng = np.random.default_rng(4)
     passes = 0
@@ -86,14 +112,14 @@ def test_the_review_judge_has_share_one_through_its_own_terms():
     prompts = world.prompts(300, split="test")
     pairs = [world.completions(p, 2, rng=rng) for p in prompts]
     a, b = [x for x, _ in pairs], [y for _, y in pairs]
-    delta_N, cycle_N = cycle.labeler_terms(judge, prompts, a, b)
+    terms = cycle.labeler_terms(judge, prompts, a, b)
     probs = [judge.preference_prob(p, x, y) for p, x, y in zip(prompts, a, b)]
-    result = cycle.check(cycle.fit_cycle(cycle.logits(probs), delta_N, cycle_N), judge_weight=W)
+    result = cycle.check(cycle.fit_cycle(cycle.logits(probs), **terms), judge_weight=W)
     assert result.learned and result.share == pytest.approx(1.0, abs=1e-4)
     # A Bradley–Terry judge of the same scores has no cycle.
     bt = labelers.Labeler(world, labelers.LabelerConfig(temperature=0.25))
     probs = [bt.preference_prob(p, x, y) for p, x, y in zip(prompts, a, b)]
-    result = cycle.check(cycle.fit_cycle(cycle.logits(probs), delta_N, cycle_N), judge_weight=W)
+    result = cycle.check(cycle.fit_cycle(cycle.logits(probs), **terms), judge_weight=W)
     assert not result.learned and abs(result.share) < 1e-4
     assert "NOT learned" in result.describe()
 

@@ -8,9 +8,14 @@ only its transitive part. The review world's cyclic judge (align/tasks/labelers.
 
 A model's logits ℓ on held-out pairs are regressed by least squares on the judge's terms,
 
-    ℓ ≈ μ + α·Δs + γ·C,
+    ℓ ≈ μ + α·Δs + γ·C + Σ_g δ_g·(1[style a = g] − 1[style b = g]),
 
-with a heteroscedasticity-robust (HC1 sandwich) covariance. The judge itself has α = 1/T and
+with a heteroscedasticity-robust (HC1 sandwich) covariance. The last terms (given the pairs'
+styles) absorb any *transitive* preference between styles: on pairs drawn unevenly over the
+styles, a Bradley–Terry model that scores one style above another has differences that
+correlate with C, and without them would pass for a cycle. With them, γ measures only the
+cyclic part (over three styles the antisymmetric functions of a style pair are two potential
+differences and the cycle). The judge itself has α = 1/T and
 γ = w/T, so its cycle-to-transitive ratio is γ/α = w. The model's **cycle share**
 
     ρ = (γ / α) / w
@@ -102,8 +107,20 @@ def _column(x, name: str, n: int | None = None) -> np.ndarray:
     return x
 
 
-def fit_cycle(logit_N, delta_N, cycle_N) -> CycleFit:
-    """Least squares of the model's logits on (1, Δs, C), with the HC1 covariance."""
+def _group_differences(group_a_N, group_b_N, n: int) -> np.ndarray:
+    """[N, G − 1] columns 1[a = g] − 1[b = g] for all groups g but the first seen."""
+    a, b = np.asarray(group_a_N), np.asarray(group_b_N)
+    if a.shape != (n,) or b.shape != (n,):
+        raise ValueError(f"cycle: style_a_N and style_b_N must be vectors of {n} groups, got "
+                         f"shapes {a.shape} and {b.shape}")
+    groups = np.unique(np.concatenate([a, b]))
+    return np.stack([(a == g).astype(np.float64) - (b == g) for g in groups[1:]], axis=1) \
+        if len(groups) > 1 else np.zeros((n, 0))
+
+
+def fit_cycle(logit_N, delta_N, cycle_N, *, style_a_N=None, style_b_N=None) -> CycleFit:
+    """Least squares of the model's logits on (1, Δs, C) and, given the pairs' styles, the
+    styles' potential differences, with the HC1 covariance (reported over (μ, α, γ))."""
     y = _column(logit_N, "logit_N")
     n = y.shape[0]
     d, c = _column(delta_N, "delta_N", n), _column(cycle_N, "cycle_N", n)
@@ -114,14 +131,21 @@ def fit_cycle(logit_N, delta_N, cycle_N) -> CycleFit:
             raise ValueError(f"cycle: {name} does not vary over the pairs, so its coefficient "
                              "cannot be fitted (are pairs of every style pair present?)")
     x = np.stack([np.ones(n), d, c], axis=1)
+    if (style_a_N is None) != (style_b_N is None):
+        raise ValueError("cycle: give both style_a_N and style_b_N, or neither")
+    if style_a_N is not None:
+        x = np.concatenate([x, _group_differences(style_a_N, style_b_N, n)], axis=1)
+    if np.linalg.matrix_rank(x) < x.shape[1]:
+        raise ValueError("cycle: the terms are collinear over these pairs (is every style pair "
+                         "present in both orders?)")
     xtx_inv = np.linalg.inv(x.T @ x)
     coef = xtx_inv @ x.T @ y
     resid = y - x @ coef
     meat = (x * resid[:, None] ** 2).T @ x
-    cov = xtx_inv @ meat @ xtx_inv * n / max(n - 3, 1)
+    cov = xtx_inv @ meat @ xtx_inv * n / max(n - x.shape[1], 1)
     total = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(resid @ resid) / total if total > 0 else float("nan")
-    return CycleFit(float(coef[0]), float(coef[1]), float(coef[2]), cov, r2, n)
+    return CycleFit(float(coef[0]), float(coef[1]), float(coef[2]), cov[:3, :3], r2, n)
 
 
 def check(fit: CycleFit, *, judge_weight: float, threshold: float = THRESHOLD,
@@ -142,14 +166,16 @@ def check(fit: CycleFit, *, judge_weight: float, threshold: float = THRESHOLD,
 
 
 def labeler_terms(labeler, prompts: Sequence[str], texts_a: Sequence[str],
-                  texts_b: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(Δs_N, C_N): the judge's terms of each pair (align.tasks.labelers.Labeler.pair_terms)."""
+                  texts_b: Sequence[str]) -> dict[str, np.ndarray]:
+    """The judge's terms of each pair (align.tasks.labelers.Labeler.pair_terms), as the
+    keyword arguments of `fit_cycle` after the logits: delta_N, cycle_N, style_a_N, style_b_N."""
     if not len(prompts) == len(texts_a) == len(texts_b):
         raise ValueError(f"cycle: {len(prompts)} prompts, {len(texts_a)} and {len(texts_b)} "
                          "completions")
-    terms = [labeler.pair_terms(p, a, b) for p, a, b in zip(prompts, texts_a, texts_b)]
-    return (np.array([t[0] for t in terms], np.float64),
-            np.array([t[1] for t in terms], np.float64))
+    terms = np.array([labeler.pair_terms(p, a, b) for p, a, b in zip(prompts, texts_a, texts_b)],
+                     np.float64).reshape(-1, 4)
+    return {"delta_N": terms[:, 0], "cycle_N": terms[:, 1], "style_a_N": terms[:, 2],
+            "style_b_N": terms[:, 3]}
 
 
 def logits(prob_N, eps: float = 1e-6) -> np.ndarray:
@@ -207,7 +233,7 @@ def preference_model_check(workdir: str, *, max_pairs: int = 2048, batch_size: i
     records = [source[int(i)] for i in id_N]
     texts = {k: [encoding.text_field(r, k, int(i)) for r, i in zip(records, id_N)]
              for k in ("prompt", "chosen", "rejected")}
-    delta_N, cycle_N = labeler_terms(judge, texts["prompt"], texts["chosen"], texts["rejected"])
-    return check(fit_cycle(logits(prob_N), delta_N, cycle_N),
+    terms = labeler_terms(judge, texts["prompt"], texts["chosen"], texts["rejected"])
+    return check(fit_cycle(logits(prob_N), **terms),
                  judge_weight=float(cfg.task.intransitive), threshold=threshold, alpha=alpha)
 

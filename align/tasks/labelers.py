@@ -83,11 +83,13 @@ class Labeler:
         # The tanh form is the sigmoid without overflow, and odd, so P[k, i] + P[i, k] == 1 exactly.
         return 0.5 + 0.5 * np.tanh(d_KxK / (2.0 * self.config.temperature))
 
-    def pair_terms(self, prompt: str, a: str, b: str) -> tuple[float, float]:
-        """(Δs, C): the labeler's score difference s(a) − s(b) and the cycle term
-        C[style a, style b], so that logit P(a > b) = (Δs + intransitive·C) / temperature."""
+    def pair_terms(self, prompt: str, a: str, b: str) -> tuple[float, float, int, int]:
+        """(Δs, C, style a, style b): the labeler's score difference s(a) − s(b), the cycle term
+        C[style a, style b] (so that logit P(a > b) = (Δs + intransitive·C) / temperature), and
+        the two styles (-1 unknown)."""
         score_K, style_K = self._scores_and_styles(prompt, [a, b])
-        return float(score_K[0] - score_K[1]), float(_CYCLE[style_K[0], style_K[1]])
+        return (float(score_K[0] - score_K[1]), float(_CYCLE[style_K[0], style_K[1]]),
+                int(style_K[0]) - 1, int(style_K[1]) - 1)
 
     def preference_prob(self, prompt: str, a: str, b: str) -> float:
         """P(a > b) under the labeler, biases and intransitive part included."""
