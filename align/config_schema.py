@@ -59,7 +59,7 @@ BOUNDS: dict[str, Bound] = {
     "data.num_train": _COUNT, "data.num_test": _COUNT, "data.num_prompts": _COUNT,
     "data.list_size": Bound(ge=2),
     "task.seed": _NONNEG, "task.temperature": _NONNEG, "task.length_bias": Bound(),
-    "task.filler_bias": Bound(), "task.intransitive": _NONNEG,
+    "task.filler_bias": Bound(), "task.intransitive": _NONNEG, "task.min_sentences": _NONNEG,
     "online.epochs": _COUNT, "online.minibatches": _COUNT, "online.max_new_tokens": _COUNT,
     "online.temperature": _POS,
     "optim.lr": _POS, "optim.warmup_steps": _NONNEG, "optim.decay_steps": _NONNEG,
@@ -121,7 +121,10 @@ def default_config() -> ConfigDict:
         tokenize="auto"))  # prompt + completion encoded "separate" or "joint"; auto = separate
                            # for reviews / tfds (as their results were made), joint for public
     c.task = ConfigDict(dict(
-        seed=0, temperature=1.0, length_bias=0.0, filler_bias=0.0, intransitive=0.0))
+        seed=0, temperature=1.0, length_bias=0.0, filler_bias=0.0, intransitive=0.0,
+        # > 0: the gold reward divides a completion's sentiment by at least this many
+        # sentences (align/tasks/reviews.py), so short completions cannot win on length.
+        min_sentences=0))
     c.objective = ConfigDict(dict(name="sft"))
     c.init = ConfigDict(dict(
         # Start from another run's final parameters (the policy, and the reference):

@@ -44,6 +44,8 @@ class RunData(NamedTuple):
 def world_settings(cfg) -> tuple[dict, dict]:
     """The world and labeler settings of a config's `task` section."""
     world = {"seed": int(cfg.task.seed)}
+    if int(cfg.task.min_sentences):  # only when set, so default worlds keep their dataset ids
+        world["min_sentences"] = int(cfg.task.min_sentences)
     labeler = {"temperature": float(cfg.task.temperature),
                "length_bias": float(cfg.task.length_bias),
                "filler_bias": float(cfg.task.filler_bias),

@@ -15,7 +15,9 @@ Gold reward (any text; words outside the lexicon are ignored):
                g = negation_factor ** (number of "not")
                seen since the previous lexicon word of the same sentence (modifiers left
                dangling at a sentence end are dropped)
-    S          sum_s score(s) / max(n, 1)                     (length-neutral: a mean)
+    S          sum_s score(s) / max(n, min_sentences, 1)     (a mean; with min_sentences = k
+               > 0 a completion of fewer than k sentences earns only its share: length-
+               controlled, so a policy cannot win by writing one extreme sentence)
     x          S + relevance_bonus * (mentions the prompt's product
                                       + mentions the prompt's aspect, if it names one)
                  - off_topic_penalty * [mentions another product]
@@ -130,12 +132,16 @@ class WorldConfig:
     relevance_bonus: float = 0.25
     off_topic_penalty: float = 0.5
     filler_penalty: float = 0.1
+    min_sentences: int = 0            # gold divides the sentiment sum by max(n, this, 1)
 
     def __post_init__(self):
         if not 1 <= self.num_products <= len(PRODUCTS):
             raise ConfigError(f"WorldConfig.num_products={self.num_products}: must be in [1, {len(PRODUCTS)}]")
         if self.max_sentences < 1:
             raise ConfigError(f"WorldConfig.max_sentences={self.max_sentences}: must be >= 1")
+        if not 0 <= self.min_sentences <= self.max_sentences:
+            raise ConfigError(f"WorldConfig.min_sentences={self.min_sentences}: must be in "
+                              f"[0, max_sentences={self.max_sentences}]", key="task.min_sentences")
         if self.max_fillers < 0:
             raise ConfigError(f"WorldConfig.max_fillers={self.max_fillers}: must be >= 0")
         for name in ("aspect_prompt_prob", "filler_prob", "negation_prob", "intensifier_prob", "fact_prob"):
@@ -359,7 +365,7 @@ class ReviewWorld:
                 n_lexicon += 1
         n_sentences = len(sentence_scores)
         sentiment_sum = float(sum(sentence_scores))
-        sentiment_mean = sentiment_sum / max(n_sentences, 1)
+        sentiment_mean = sentiment_sum / max(n_sentences, cfg.min_sentences, 1)
 
         product, aspect = self.parse_prompt(prompt)
         token_set = set(tokens)

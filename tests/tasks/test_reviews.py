@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from align import config as config_lib
+from align.data import sources
 from align.tasks.reviews import FILLERS, ReviewWorld, WorldConfig
 
 WORLD = ReviewWorld()
@@ -161,3 +163,30 @@ def test_config_validation():
     with pytest.raises(ValueError, match="filler_prob"):
         WorldConfig(filler_prob=1.5)
     assert len(set(p.split()[2] for p in ReviewWorld(WorldConfig(num_products=3)).prompts(200, split="train"))) == 3
+
+
+def test_min_sentences_controls_length():
+    """With min_sentences = 3 one extreme sentence earns a third of three such sentences'
+    sentiment; at 3 or more sentences the gold is the plain mean again. The default keeps
+    the mean at every length."""
+    prompt = "review the kettle :"
+    one = "the kettle is excellent ."
+    three = "the kettle is excellent . it is excellent . i think it is excellent ."
+    plain, controlled = ReviewWorld(), ReviewWorld(WorldConfig(min_sentences=3))
+    assert plain.features(prompt, one)["sentiment_mean"] == pytest.approx(
+        plain.features(prompt, three)["sentiment_mean"])
+    f1, f3 = controlled.features(prompt, one), controlled.features(prompt, three)
+    assert f1["sentiment_mean"] == pytest.approx(f3["sentiment_mean"] / 3)
+    assert f3["sentiment_mean"] == pytest.approx(plain.features(prompt, three)["sentiment_mean"])
+    assert controlled.gold_reward(prompt, one) < controlled.gold_reward(prompt, three)
+    with pytest.raises(Exception, match="min_sentences"):
+        WorldConfig(min_sentences=9)
+
+
+def test_min_sentences_reaches_the_world_from_the_config():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = config_lib.resolve(os.path.join(root, "configs/sft.py:size=tiny"),
+                             ["--config.task.min_sentences=2"])
+    assert sources.make_world(cfg).config.min_sentences == 2
+    default = config_lib.resolve(os.path.join(root, "configs/sft.py:size=tiny"), [])
+    assert "min_sentences" not in sources.world_settings(default)[0]  # dataset ids unchanged
