@@ -3,11 +3,11 @@ Rafailov et al. (arXiv 2305.18290, Fig. 2 left), with a pre-registered matched-K
 
     python experiments/dpo_vs_ppo/pool.py --quick    # 16 seeds, 200 steps, 4 betas
     python experiments/dpo_vs_ppo/pool.py            # full protocol (32 seeds; see README.md)
-    python experiments/dpo_vs_ppo/pool.py --publish  # the same, then pool_results.md and
-                                                     # pool_frontier.png here
+    python experiments/dpo_vs_ppo/pool.py --publish  # the same, then pool_results.md here
 
-Outputs go to ~/align-runs/experiments/dpo_vs_ppo_pool (dpo_vs_ppo_pool_quick for --quick;
-$ALIGN_RUNS replaces ~/align-runs) or --out.
+Outputs (runs.json, results.md, results.json, pool_frontier.png) go to
+~/align-runs/experiments/dpo_vs_ppo_pool (dpo_vs_ppo_pool_quick for --quick; $ALIGN_RUNS
+replaces ~/align-runs) or --out.
 
 Each seed draws a training world (128 prompts) and a held-out world (256 prompts) of
 align/tasks/pool.py and one set of preference pairs from pi_ref, labelled by a Bradley-Terry
@@ -389,7 +389,6 @@ def main(argv=None) -> int:
                                 "rm_agreement": res["rm_agreement"]}, md)
     if args.publish:
         shutil.copyfile(os.path.join(out, "results.md"), os.path.join(HERE, RESULTS_MD))
-        harness.publish(out, HERE, (PLOT,))
     print(md)
     return 0
 
