@@ -64,7 +64,7 @@ WIDTH = 16  # policy and reward model: tanh MLPs of width 16
 LR = 0.02  # Adam, every family
 RM_STEPS, RM_LR = 400, 0.05  # full-batch Adam on the Bradley-Terry likelihood of the pairs
 JUDGE = pool.Judge(strength=1.0)  # labels: Bradley-Terry on the gold, no cycle
-KEYS = {"train_worlds": 1, "eval_worlds": 2, "pairs": 3, "init": 4}
+KEYS = {"train_worlds": 1, "eval_worlds": 2, "pairs": 3, "init": 4, "reward_model": 104}
 ALPHA = 0.05
 MARGIN = 0.05  # non-inferiority margin, gold units (per-candidate gold has sd about 1.4)
 GRID = 5  # matched-KL values: hi * g / GRID, g = 1..GRID
@@ -200,7 +200,7 @@ def run_all(mode: dict, out: str) -> dict:
     start = time.time()
     inputs = seed_inputs(mode)
     train_w, eval_w, pairs = inputs
-    keys_R = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(KEYS["init"] + 100), r))(
+    keys_R = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(KEYS["reward_model"]), r))(
         jnp.arange(mode["seeds"]))
     rm = jax.jit(jax.vmap(fit_reward_model))(keys_R, train_w, pairs)
     gold_pref = jax.vmap(lambda w: pool.preference_matrix(w, pool.GOLD))(eval_w)
