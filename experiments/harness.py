@@ -146,6 +146,21 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines)
 
 
+def cached(path: str, spec: dict, compute: Callable[[], dict]) -> dict:
+    """compute()'s result, stored in `path` beside the spec it ran with (and its seconds):
+    read back while the spec is unchanged, recomputed when it differs."""
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored.get("spec") == spec:
+            return stored["result"]
+    start = time.time()
+    result = dict(compute(), seconds=time.time() - start)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic.write_text(path, json.dumps({"spec": spec, "result": result}) + "\n")
+    return result
+
+
 def write_outputs(out: str, results: dict, markdown: str) -> None:
     """results.json and results.md in `out`."""
     os.makedirs(out, exist_ok=True)

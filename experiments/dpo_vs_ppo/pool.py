@@ -31,12 +31,10 @@ Dimension letters: R seeds, U beta values, T recorded steps, G KL grid values, P
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import shutil
 import sys
-import time
 
 import numpy as np
 
@@ -48,7 +46,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from align import atomic  # noqa: E402
 from align.evaluate import stats  # noqa: E402
 from align.objectives import pairwise  # noqa: E402
 from align.tasks import pool  # noqa: E402
@@ -191,13 +188,10 @@ def run_all(mode: dict, out: str) -> dict:
     """Reference metrics, reward-model accuracy and the three families; cached in out/runs.json."""
     spec = {k: (list(v) if isinstance(v, tuple) else v) for k, v in mode.items()}
     spec.update(width=WIDTH, lr=LR, rm_steps=RM_STEPS, rm_lr=RM_LR, keys=KEYS)
-    path = os.path.join(out, "runs.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored.get("spec") == spec:
-            return stored["result"]
-    start = time.time()
+    return harness.cached(os.path.join(out, "runs.json"), spec, lambda: _run_all(mode))
+
+
+def _run_all(mode: dict) -> dict:
     inputs = seed_inputs(mode)
     train_w, eval_w, pairs = inputs
     keys_R = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(KEYS["reward_model"]), r))(
@@ -217,9 +211,6 @@ def run_all(mode: dict, out: str) -> dict:
     for family in FAMILIES:
         harness.log(f"{family}: {len(mode['betas'])} betas x {mode['seeds']} seeds")
         result[family] = run_family(family, mode, inputs, rm)
-    result["seconds"] = time.time() - start
-    os.makedirs(out, exist_ok=True)
-    atomic.write_text(path, json.dumps({"spec": spec, "result": result}) + "\n")
     return result
 
 

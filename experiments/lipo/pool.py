@@ -25,12 +25,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
-import json
 import math
 import os
 import shutil
 import sys
-import time
 
 import numpy as np
 
@@ -41,7 +39,6 @@ import harness  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from align import atomic  # noqa: E402
 from align.evaluate import stats  # noqa: E402
 from align.objectives import listwise  # noqa: E402
 from align.tasks import pool  # noqa: E402
@@ -144,21 +141,6 @@ def at_beta(setting: dict, u: int) -> dict:
     return out
 
 
-def _cached(path: str, spec: dict, compute):
-    """compute() stored in `path` with the spec it ran; rerun when the spec differs."""
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored.get("spec") == spec:
-            return stored["result"]
-    start = time.time()
-    result = compute()
-    result["seconds"] = time.time() - start
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic.write_text(path, json.dumps({"spec": spec, "result": result}) + "\n")
-    return result
-
-
 def run_all(mode: dict, out: str, fns: dict | None = None, *, frontier_only: bool = False
             ) -> dict:
     """Every block of the protocol: {block: {setting: run_setting result}}; cached in out/runs.
@@ -172,7 +154,7 @@ def run_all(mode: dict, out: str, fns: dict | None = None, *, frontier_only: boo
                     **{k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()})
         harness.log(f"{block}: {name}")
         path = os.path.join(out, "runs", f"{block}_{name.replace('/', '_')}.json")
-        return _cached(path, spec, lambda: run_setting(fns[name], mode, pair, **kw))
+        return harness.cached(path, spec, lambda: run_setting(fns[name], mode, pair, **kw))
 
     res = {"beta": {n: run("beta", n, betas=mode["betas"], record_every=mode["record_every"])
                     for n in mode["frontier"]}}

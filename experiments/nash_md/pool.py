@@ -25,11 +25,9 @@ Dimension letters: R seeds, N prompts, M candidates, F features, P pairs, J beta
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import sys
-import time
 
 import numpy as np
 
@@ -41,7 +39,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from align import atomic  # noqa: E402
 from align.evaluate import cycle, stats  # noqa: E402
 from align.tasks import pool  # noqa: E402
 
@@ -266,24 +263,17 @@ def run_condition(mode: dict, tilt: float, out: str, label: str) -> dict:
     spec = {"mode": {k: v for k, v in mode.items() if k != "tilts"}, "tilt": tilt, "keys": KEYS,
             "judge": [JUDGE.strength, JUDGE.cycle], "tau": TAU, "betas": list(BETAS),
             "ema": EMA, "lr": LR, "fit": [FIT_STEPS, FIT_LR], "cycle_pairs": "uniform"}
-    path = os.path.join(out, "runs", f"{label}.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored.get("spec") == spec:
-            return stored["result"]
-    harness.log(f"condition {label} (style tilt {tilt})")
-    start = time.time()
-    raw = _run_fn(mode["steps"])(*seed_data(mode, tilt))
-    res = _listed(raw)
-    res["cycle_check"] = cycle_summary(res["cycle"])
-    res["judge_check"] = cycle_summary(res["judge_cycle"] | {"delta": res["cycle"]["delta"],
-                                                             "cross": res["cycle"]["cross"]})
-    del res["cycle"], res["judge_cycle"]
-    res["seconds"] = time.time() - start
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic.write_text(path, json.dumps({"spec": spec, "result": res}) + "\n")
-    return res
+
+    def compute():
+        harness.log(f"condition {label} (style tilt {tilt})")
+        res = _listed(_run_fn(mode["steps"])(*seed_data(mode, tilt)))
+        res["cycle_check"] = cycle_summary(res["cycle"])
+        res["judge_check"] = cycle_summary(res["judge_cycle"] | {"delta": res["cycle"]["delta"],
+                                                                 "cross": res["cycle"]["cross"]})
+        del res["cycle"], res["judge_cycle"]
+        return res
+
+    return harness.cached(os.path.join(out, "runs", f"{label}.json"), spec, compute)
 
 
 # ----------------------------------------------------------------------------- rules

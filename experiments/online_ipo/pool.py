@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 import shutil
 import sys
-import time
 
 import numpy as np
 
@@ -38,7 +36,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from align import atomic  # noqa: E402
 from align.evaluate import stats  # noqa: E402
 from align.objectives import pairwise  # noqa: E402
 from align.tasks import pool  # noqa: E402
@@ -138,20 +135,14 @@ def run(mode: dict, out: str) -> dict:
     spec = {"mode": mode, "tilt": TILT, "keys": nmd.KEYS, "tau": nmd.TAU, "lr": LR,
             "arms": list(ARMS.values()), "judge": [nmd.JUDGE.strength, nmd.JUDGE.cycle],
             "cycle_pairs": "uniform"}
-    path = os.path.join(out, "runs", "ipo.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored.get("spec") == spec:
-            return stored["result"]
-    harness.log(f"online IPO / IPO-MD, {mode['seeds']} seeds")
-    start = time.time()
-    res = nmd._listed(_run_fn(mode["steps"])(*nmd.seed_data(mode, TILT)))
-    res["cycle_check"] = nmd.cycle_summary(res.pop("cycle"))
-    res["seconds"] = time.time() - start
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic.write_text(path, json.dumps({"spec": spec, "result": res}) + "\n")
-    return res
+
+    def compute():
+        harness.log(f"online IPO / IPO-MD, {mode['seeds']} seeds")
+        res = nmd._listed(_run_fn(mode["steps"])(*nmd.seed_data(mode, TILT)))
+        res["cycle_check"] = nmd.cycle_summary(res.pop("cycle"))
+        return res
+
+    return harness.cached(os.path.join(out, "runs", "ipo.json"), spec, compute)
 
 
 def equivalence_rule(win_R, margin: float = MARGIN) -> stats.Judgement:

@@ -29,7 +29,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from typing import Sequence
 
 import numpy as np
@@ -42,7 +41,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from align import atomic  # noqa: E402
 from align.evaluate import stats  # noqa: E402
 from align.tasks import pool  # noqa: E402
 from third_party import published  # noqa: E402
@@ -215,20 +213,6 @@ def _listed(tree):
     return jax.tree.map(lambda x: np.asarray(x, np.float64).tolist(), tree)
 
 
-def _cached(path: str, spec: dict, compute) -> dict:
-    """compute() stored in `path` beside the spec it ran with; rerun when the spec differs."""
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-        if stored.get("spec") == spec:
-            return stored["result"]
-    start = time.time()
-    result = dict(compute(), seconds=time.time() - start)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic.write_text(path, json.dumps({"spec": spec, "result": result}) + "\n")
-    return result
-
-
 def run_all(mode: dict, out: str) -> dict:
     """{"proxies": {name: curves}, "oracles": {name: curves}}, each curve [R][S]; cached in
     out/runs, one file per proxy."""
@@ -240,11 +224,11 @@ def run_all(mode: dict, out: str) -> dict:
         for size in mode["pairs"]:
             name = proxy_name(width, size)
             harness.log(f"proxy {name}")
-            res["proxies"][name] = _cached(
+            res["proxies"][name] = harness.cached(
                 os.path.join(out, "runs", f"{name}.json"), dict(spec, proxy=name),
                 lambda: _listed(_proxy_fn(width, size, mode["steps"])(*data())))
     for name in ORACLES:
-        res["oracles"][name] = _cached(
+        res["oracles"][name] = harness.cached(
             os.path.join(out, "runs", f"oracle_{name}.json"), dict(spec, oracle=name),
             lambda: _listed(_oracle_fn(name)(*data()[:2])))
     return res
