@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Callable, Sequence
@@ -169,9 +170,29 @@ def write_outputs(out: str, results: dict, markdown: str) -> None:
     atomic.write_text(os.path.join(out, "results.md"), markdown.rstrip() + "\n")
 
 
+def experiment_output(args: argparse.Namespace, mode_name: str, name: str) -> str:
+    """`output_dir` for an experiment's mode (`name`, or `name_<mode>` for the short modes,
+    so a quick run never replaces a full one's cache), made."""
+    out = output_dir(args.out, name if mode_name == "full" else f"{name}_{mode_name}")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def finish(out: str, results: dict, markdown: str, *, publish_to: str = "",
+           results_md: str = "results.md", plots: Sequence[str] = ()) -> int:
+    """Writes results.json / results.md to `out`; with `publish_to` (--publish: the
+    experiment's folder) copies results.md there as `results_md`, and the plots; prints the
+    markdown. Returns main's exit status."""
+    write_outputs(out, results, markdown)
+    if publish_to:
+        shutil.copyfile(os.path.join(out, "results.md"), os.path.join(publish_to, results_md))
+        publish(out, publish_to, plots)
+    print(markdown)
+    return 0
+
+
 def publish(out: str, here: str, names: Sequence[str]) -> None:
     """Copies results.md and the plots of a full run next to the experiment's run.py (--publish)."""
-    import shutil
     for name in names:
         shutil.copyfile(os.path.join(out, name), os.path.join(here, name))
 

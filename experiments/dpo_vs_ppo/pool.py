@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -366,22 +365,17 @@ def main(argv=None) -> int:
     p = harness.parser(__doc__)
     args = p.parse_args(argv)
     mode_name, mode = harness.mode_settings(p, args, MODES, min_seeds=2, why="paired intervals")
-    name = "dpo_vs_ppo_pool" if mode_name == "full" else f"dpo_vs_ppo_pool_{mode_name}"
-    out = harness.output_dir(args.out, name)
-    os.makedirs(out, exist_ok=True)
+    out = harness.experiment_output(args, mode_name, "dpo_vs_ppo_pool")
     res = run_all(mode, out)
     cl = claims(res)
     md = markdown(res, mode, mode_name, cl)
     plot_frontier(res, os.path.join(out, PLOT))
-    harness.write_outputs(out, {"mode": mode_name, "settings": mode, "lr": LR, "width": WIDTH,
+    return harness.finish(out, {"mode": mode_name, "settings": mode, "lr": LR, "width": WIDTH,
                                 "margin": MARGIN, "alpha": ALPHA,
                                 "grid": kl_grid(res).tolist(), "claims": cl,
                                 "ref_gold": res["ref_gold"],
-                                "rm_agreement": res["rm_agreement"]}, md)
-    if args.publish:
-        shutil.copyfile(os.path.join(out, "results.md"), os.path.join(HERE, RESULTS_MD))
-    print(md)
-    return 0
+                                "rm_agreement": res["rm_agreement"]}, md,
+                          publish_to=HERE if args.publish else "", results_md=RESULTS_MD)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import functools
 import importlib.util
 import math
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -527,22 +526,18 @@ def main(argv=None) -> int:
                     f"{mode['steps']} steps")
         return frontier_check(mode, harness.output_dir(
             args.out, f"{name}_frontier_every{args.frontier_every}"), args.frontier_every)
-    out = harness.output_dir(args.out, name)
-    os.makedirs(out, exist_ok=True)
+    out = harness.experiment_output(args, mode_name, "lipo_pool")
     res = run_all(mode, out)
     cl = claims(res, mode)
     md = markdown(res, mode, mode_name, cl)
     plot_losses(res, os.path.join(out, PLOTS[0]))
     plot_sizes(res, mode, os.path.join(out, PLOTS[1]))
     plot_frontier(res, os.path.join(out, PLOTS[2]))
-    harness.write_outputs(out, {"mode": mode_name, "settings": mode, "beta": BETA, "lr": LR,
+    return harness.finish(out, {"mode": mode_name, "settings": mode, "beta": BETA, "lr": LR,
                                 "lists_per_step": LISTS, "width": WIDTH, "alpha": ALPHA,
-                                "results": _without_trajectories(res), "claims": cl}, md)
-    if args.publish:
-        shutil.copyfile(os.path.join(out, "results.md"), os.path.join(HERE, RESULTS_MD))
-        harness.publish(out, HERE, PLOTS)
-    print(md)
-    return 0
+                                "results": _without_trajectories(res), "claims": cl}, md,
+                          publish_to=HERE if args.publish else "", results_md=RESULTS_MD,
+                          plots=PLOTS)
 
 
 def frontier_check(mode: dict, out: str, every: int) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -443,19 +442,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     mode_name, mode = harness.mode_settings(p, args, MODES, min_seeds=3,
                                             why="intervals over seeds")
-    out = harness.output_dir(args.out, NAME if mode_name == "full" else f"{NAME}_{mode_name}")
-    os.makedirs(out, exist_ok=True)
+    out = harness.experiment_output(args, mode_name, NAME)
     results = {label: run_condition(mode, tilt, out, label)
                for label, tilt in mode["tilts"].items()}
     cl = {label: claims(res) for label, res in results.items()}
     md = markdown(results, mode, mode_name, cl)
-    harness.write_outputs(out, {"mode": mode_name, "settings": mode, "keys": KEYS,
+    return harness.finish(out, {"mode": mode_name, "settings": mode, "keys": KEYS,
                                 "betas": BETAS, "tau": TAU, "results": results, "claims": cl},
-                          md)
-    if args.publish:
-        shutil.copyfile(os.path.join(out, "results.md"), os.path.join(HERE, RESULTS_MD))
-    print(md)
-    return 0
+                          md, publish_to=HERE if args.publish else "", results_md=RESULTS_MD)
 
 
 if __name__ == "__main__":

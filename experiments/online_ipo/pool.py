@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -214,17 +213,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     mode_name, mode = harness.mode_settings(p, args, MODES, min_seeds=3,
                                             why="intervals over seeds")
-    out = harness.output_dir(args.out, NAME if mode_name == "full" else f"{NAME}_{mode_name}")
-    os.makedirs(out, exist_ok=True)
+    out = harness.experiment_output(args, mode_name, NAME)
     res = run(mode, out)
     cl = claims(res)
     md = markdown(res, mode, mode_name, cl)
-    harness.write_outputs(out, {"mode": mode_name, "settings": mode, "margin": MARGIN,
-                                "results": res, "claims": cl}, md)
-    if args.publish:
-        shutil.copyfile(os.path.join(out, "results.md"), os.path.join(HERE, RESULTS_MD))
-    print(md)
-    return 0
+    return harness.finish(out, {"mode": mode_name, "settings": mode, "margin": MARGIN,
+                                "results": res, "claims": cl}, md,
+                          publish_to=HERE if args.publish else "", results_md=RESULTS_MD)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import sys
 from typing import Sequence
 
@@ -693,21 +692,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     mode_name, mode = harness.mode_settings(p, args, MODES, min_seeds=3,
                                             why="intervals over seeds")
-    out = harness.output_dir(args.out, NAME if mode_name == "full" else f"{NAME}_{mode_name}")
-    os.makedirs(out, exist_ok=True)
+    out = harness.experiment_output(args, mode_name, NAME)
     res = run_all(mode, out)
     cl = claims(res, mode)
     md = markdown(res, mode, mode_name, cl)
     plot_curves(res, mode, os.path.join(out, PLOTS[0]))
     plot_coefficients(res, mode, os.path.join(out, PLOTS[1]))
-    harness.write_outputs(out, {"mode": mode_name, "settings": mode, "keys": KEYS,
+    return harness.finish(out, {"mode": mode_name, "settings": mode, "keys": KEYS,
                                 "bon_n": BON_N, "inv_beta": INV_BETA, "delta": DELTA, "p0": P0,
-                                "alpha": ALPHA, "results": res, "claims": _json_claims(cl)}, md)
-    if args.publish:
-        shutil.copyfile(os.path.join(out, "results.md"), os.path.join(HERE, RESULTS_MD))
-        harness.publish(out, HERE, PLOTS)
-    print(md)
-    return 0
+                                "alpha": ALPHA, "results": res, "claims": _json_claims(cl)}, md,
+                          publish_to=HERE if args.publish else "", results_md=RESULTS_MD,
+                          plots=PLOTS)
 
 
 if __name__ == "__main__":
