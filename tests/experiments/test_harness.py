@@ -121,3 +121,31 @@ def test_every_experiment_takes_the_shared_flags(path, runs_home, capsys):
     assert e.value.code == 0
     usage = capsys.readouterr().out
     assert all(flag in usage for flag in ("--quick", "--seeds", "--out", "--publish"))
+
+
+def test_cached_reruns_only_when_the_spec_changes(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    path = str(tmp_path / "runs" / "r.json")
+    first = harness.cached(path, {"steps": 10}, compute)
+    assert first["value"] == 1 and first["seconds"] >= 0
+    assert harness.cached(path, {"steps": 10}, compute)["value"] == 1  # read back
+    assert harness.cached(path, {"steps": 20}, compute)["value"] == 2  # a new spec reruns
+    assert len(calls) == 2
+
+
+def test_finish_writes_and_publishes_only_when_asked(tmp_path):
+    out, here = tmp_path / "out", tmp_path / "here"
+    out.mkdir(), here.mkdir()
+    (out / "plot.png").write_bytes(b"png")
+    assert harness.finish(str(out), {"a": 1}, "# table", results_md="pool_results.md") == 0
+    assert json.loads((out / "results.json").read_text()) == {"a": 1}
+    assert not any(here.iterdir())
+    harness.finish(str(out), {"a": 1}, "# table", publish_to=str(here),
+                   results_md="pool_results.md", plots=["plot.png"])
+    assert (here / "pool_results.md").read_text() == "# table\n"
+    assert (here / "plot.png").read_bytes() == b"png"
