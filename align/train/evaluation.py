@@ -85,9 +85,12 @@ def _by_chunks(setup, fn, *stacked):
     """fn on blocks of population.eval_chunk members of member-stacked trees, its outputs
     brought to the host and joined over members. Sampling every member's rows at once would
     hold all their caches and logits."""
+    size = setup.population.size
+    blocks = population_lib.chunks(size, int(setup.cfg.population.eval_chunk))
+    if len(blocks) == 1:  # all members at once: no sliced copies of their parameters
+        return mesh_lib.to_host(fn(*stacked))
     parts = [mesh_lib.to_host(fn(*(jax.tree.map(lambda x: x[sl], t) for t in stacked)))
-             for sl in population_lib.chunks(setup.population.size,
-                                              int(setup.cfg.population.eval_chunk))]
+             for sl in blocks]
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
 
 
@@ -136,12 +139,6 @@ def _population_samples(setup, state, step: int, prompts, dbatch) -> dict[str, A
     return result
 
 
-def _per_member(fn, values):
-    """fn(values of one member) -> (mean, se) over members: two [P] vectors."""
-    pairs = [fn(*v) if isinstance(v, tuple) else fn(v) for v in values]
-    return (np.array([m for m, _ in pairs], np.float64), np.array([e for _, e in pairs], np.float64))
-
-
 def evaluate(setup, state, step: int) -> tuple[dict[str, float], dict[str, Any]]:
     """(metrics, samples) at a step; the metrics are written under eval/."""
     # Online objectives have no held-out loss (it needs fresh samples): they are judged by
@@ -183,23 +180,19 @@ def _per_token(kl_B, lengths_B) -> float:
     return float(np.sum(kl_B) / max(float(np.sum(lengths_B)), 1.0))
 
 
+# The fields of a population's samples that hold one entry per member.
+_MEMBER_FIELDS = ("gold", "lengths", "kl", "reference_gold")
+
+
 def _population_metrics(samples) -> dict[str, np.ndarray]:
-    """The sample metrics of evaluate(), each a [P] vector over members."""
-    m = {}
-    if "gold" in samples:
-        m["sample_gold_reward"], m["sample_gold_reward_se"] = _per_member(
-            samples_lib.mean_and_se, samples["gold"])
-        m["sample_length"] = np.array([np.mean(x) for x in samples["lengths"]], np.float64)
-    if "kl" in samples:
-        m["kl"], m["kl_se"] = _per_member(samples_lib.mean_and_se, samples["kl"])
-        m["kl_per_token"] = np.array([_per_token(k, n) for k, n in
-                                      zip(samples["kl"], samples["lengths"])], np.float64)
-    if "reference_gold" in samples:
-        m["win_rate"], m["win_rate_se"] = _per_member(
-            samples_lib.win_rate, list(zip(samples["gold"], samples["reference_gold"])))
-        m["reference_gold_reward"], _ = _per_member(samples_lib.mean_and_se,
-                                                    samples["reference_gold"])
-    return m
+    """The sample metrics of evaluate(), each a [P] vector over members: `_sample_metrics`
+    of every member's samples."""
+    fields = [k for k in _MEMBER_FIELDS if k in samples]
+    if not fields:
+        return {}
+    per_member = [_sample_metrics({k: samples[k][p] for k in fields})
+                  for p in range(len(samples[fields[0]]))]
+    return {k: np.array([m[k] for m in per_member], np.float64) for k in per_member[0]}
 
 
 def _fmt(value) -> str:
