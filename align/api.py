@@ -114,16 +114,17 @@ class LoadedRun:
         return mesh_lib.logical_rules(self.cfg.mesh.rules)
 
 
-def load(workdir: str, *, devices=None) -> LoadedRun:
+def load(workdir: str, *, devices=None, member: int | None = None) -> LoadedRun:
     """The newest checkpoint of the run in `workdir`, on a data-parallel mesh of `devices`
-    (default: all), with its config and tokenizer."""
+    (default: all), with its config and tokenizer; of a population run, member `member`'s."""
     workdir = os.path.abspath(workdir)
     run = runs.read_run(workdir)
     if run is None or run.latest_step is None:
         raise FileNotFoundError(f"{workdir} holds no run with a checkpoint")
     # Parameters are replicated over the data axis, whatever mesh the run trained on.
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, devices)
-    spec, params, step = runs.final_params(run, mesh, mesh_lib.logical_rules(run.cfg.mesh.rules))
+    spec, params, step = runs.final_params(run, mesh, mesh_lib.logical_rules(run.cfg.mesh.rules),
+                                          member=member)
     tokenizer = sources.load_tokenizer(run.tokenizer_path)
     return LoadedRun(workdir=workdir, cfg=run.cfg, step=int(step), params=params, spec=spec,
                      tokenizer=tokenizer, mesh=mesh, model_cfg=run.model_cfg)

@@ -71,14 +71,17 @@ def initial_state(setup: Setup):
         return setup.spec.init_fn()
     source, params = setup.start
     model = setup.objective.model
-    if source.name == model.name:
+    if source.name == model.name and not setup.start_stacked:
         return setup.spec.from_params_fn(params)
     fresh = setup.spec.init_fn()["params"]
     if setup.population is None:
         return setup.spec.from_params_fn(model.start_from(source, params, fresh))
-    # Each member's own fresh parts (e.g. a reward head) around the shared start.
+    # Each member's own fresh parts (e.g. a reward head) around the shared start, or around
+    # its own member of a population it starts from.
     state = setup.spec.init_fn()
-    members = [model.start_from(source, params, population_lib.member(fresh, p))
+    start_of = ((lambda p: population_lib.member(params, p)) if setup.start_stacked
+                else (lambda p: params))
+    members = [model.start_from(source, start_of(p), population_lib.member(fresh, p))
                for p in range(setup.population.size)]
     stacked = jax.device_put(jax.tree.map(lambda *xs: jax.numpy.stack(xs), *members),
                              setup.spec.shardings["params"])

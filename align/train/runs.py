@@ -8,6 +8,8 @@ import json
 import os
 from typing import Any, NamedTuple
 
+import jax
+
 from align import atomic
 from align import config as config_lib
 from align import errors
@@ -159,18 +161,47 @@ def inherit_model(cfg_model, parent: transformer.TransformerConfig) -> transform
     return dataclasses.replace(parent, **{k: mine[k] for k in EXECUTION_FIELDS})
 
 
-def final_params(run: Run, mesh, rules):
+def is_population(run: Run) -> bool:
+    """Whether a run trained a population of members (align/train/population.py)."""
+    return run.cfg.population.size > 1 or bool(run.cfg.population.sweep)
+
+
+def population_size(run: Run) -> int:
+    """The number of members of a run (1 for a single run)."""
+    return int(run.cfg.population.size) if is_population(run) else 1
+
+
+def final_params(run: Run, mesh, rules, *, member: int | None = None, stacked: bool = False):
     """(ModelSpec, parameters, step) of a run's newest checkpoint, restored straight into this
-    mesh's shardings."""
-    if run.cfg.population.size > 1 or run.cfg.population.sweep:
-        raise errors.ConfigError(
-            f"the run in {run.workdir} is a population of {run.cfg.population.size} members; "
-            "starting another run from one member is not supported: train that member as a "
-            "run of its own (its seed and setting are in population.json)")
-    t = trained(run.cfg, run.model_cfg, mesh, rules)
+    mesh's shardings.
+
+    A population run needs `member` (that member's parameters, as a single run's) or
+    `stacked=True` (every member's, with the leading member axis)."""
+    if is_population(run):
+        from align.train import population as population_lib  # population imports this module
+
+        size = population_size(run)
+        if member is None and not stacked:
+            raise errors.ConfigError(
+                f"the run in {run.workdir} is a population of {size} members; name one member "
+                "(member=p) or take all of them stacked")
+        if member is not None and not 0 <= member < size:
+            raise errors.ConfigError(f"member={member}: the run in {run.workdir} has members "
+                                     f"0..{size - 1}")
+        pop = population_lib.from_config(run.cfg, mesh)
+        t = trained(run.cfg, run.model_cfg, mesh, population_lib.member_rules(rules, pop),
+                    population=pop)
+    else:
+        if member not in (None, 0):
+            raise errors.ConfigError(f"member={member}: the run in {run.workdir} is a single "
+                                     "run (member 0 only)")
+        t = trained(run.cfg, run.model_cfg, mesh, rules)
     with ckpt_lib.Checkpointer(os.path.join(run.workdir, "checkpoints")) as ckpt:
         restored = ckpt.restore(t.spec.abstract)
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {run.workdir}/checkpoints")
     state, _, step = restored
-    return t.objective.model, state["params"], step
+    params = state["params"]
+    if is_population(run) and member is not None:
+        params = jax.tree.map(lambda x: x[member], params)
+    return t.objective.model, params, step

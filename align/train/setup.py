@@ -80,6 +80,7 @@ class Setup:
     rollouts: Any = None  # online.Rollouts for online objectives
     population: population_lib.Population | None = None  # None: a single run
     reference_stacked: bool = False  # population: one reference per member (no start point)
+    start_stacked: bool = False  # population started from a population: member p from member p
     memo: dict = dataclasses.field(default_factory=dict)  # values computed once per run
 
     @property
@@ -174,12 +175,24 @@ def report_data(cfg, workdir: str, objective: Objective, data: sources.RunData) 
     atomic.write_text(path, json.dumps(report, indent=1) + "\n")
 
 
-def _start(cfg, mesh, rules, parent, tokenizer):
-    """(model config, (ModelSpec, params) to start from or None)."""
+def _start(cfg, mesh, rules, parent, tokenizer, pop=None):
+    """(model config, (ModelSpec, params) to start from or None, whether those params are
+    member-stacked: a population that starts from a population, member p from member p)."""
     pretrained = runs.pretrained_dir(cfg)
     if parent is not None:
+        model_cfg = runs.inherit_model(cfg.model, parent.model_cfg)
+        if runs.is_population(parent):
+            size = runs.population_size(parent)
+            if pop is None or pop.size != size:
+                raise config_lib.ConfigError(
+                    f"init.workdir {parent.workdir} is a population of {size} members; a run "
+                    f"that starts from it must be one too, member p from member p "
+                    f"(population.size={size}; now {pop.size if pop else 1})",
+                    key="population.size")
+            spec, params, _ = runs.final_params(parent, mesh, rules, stacked=True)
+            return model_cfg, (spec, params), True
         spec, params, _ = runs.final_params(parent, mesh, rules)
-        return runs.inherit_model(cfg.model, parent.model_cfg), (spec, params)
+        return model_cfg, (spec, params), False
     if pretrained:
         model_cfg, params = hf_checkpoint.load_pretrained(
             pretrained, mesh, rules,
@@ -188,8 +201,8 @@ def _start(cfg, mesh, rules, parent, tokenizer):
             raise config_lib.ConfigError(
                 f"the tokenizer's {tokenizer.vocab_size} ids exceed the vocabulary of the "
                 f"checkpoint in {pretrained} ({model_cfg.vocab_size})")
-        return model_cfg, (specs.language_model(), params)
-    return model_config(cfg, tokenizer.vocab_size), None
+        return model_cfg, (specs.language_model(), params), False
+    return model_config(cfg, tokenizer.vocab_size), None, False
 
 
 def make_steps(cfg, trained: runs.Trained, lm_def, mesh, rules, *, reference_sh,
@@ -402,7 +415,7 @@ def build(cfg, workdir: str, *, devices=None) -> Setup:
     pad_id = tok.pad_id if cfg.data.pad_id < 0 else int(cfg.data.pad_id)
     if jax.process_index() == 0:
         report_data(cfg, workdir, objective, data)
-    model_cfg, start = _start(cfg, mesh, rules, parent, tok)
+    model_cfg, start, start_stacked = _start(cfg, mesh, rules, parent, tok, pop)
 
     trained = runs.trained(cfg, model_cfg, mesh, rules, objective, population=pop)
     model_def, optimizer, lr_fn, spec = trained[1:]
@@ -427,8 +440,10 @@ def build(cfg, workdir: str, *, devices=None) -> Setup:
                 f"start the {objective.name!r} policy from")
         reference = src_spec.language_model(src_params)
     # A population without a start point has one reference per member (its own initial
-    # parameters); with one, all members share the reference.
-    reference_stacked = pop is not None and reference is not None and start is None
+    # parameters), as has one that starts from a population; with one start point, all
+    # members share the reference.
+    reference_stacked = (pop is not None and reference is not None
+                         and (start is None or start_stacked))
     if reference_stacked and cfg.reference.mode == "cached":
         raise config_lib.ConfigError(
             "population.size > 1 with reference.mode=cached needs one reference for all members: "
@@ -455,7 +470,8 @@ def build(cfg, workdir: str, *, devices=None) -> Setup:
         lr_fn=lr_fn, data=data, pad_id=pad_id, batch_size=batch_size,
         eval_batch_size=eval_batch_size, parent=parent, start=start, reference=reference,
         frozen=frozen, eval_frozen=eval_frozen, steps=steps, checkpointer=checkpointer,
-        writer=writer, population=pop, reference_stacked=reference_stacked)
+        writer=writer, population=pop, reference_stacked=reference_stacked,
+        start_stacked=start_stacked)
     if objective.online:
         setup = dataclasses.replace(setup, rollouts=online_lib.Rollouts(setup))
     return setup

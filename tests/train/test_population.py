@@ -335,3 +335,58 @@ def test_evaluation_in_member_chunks_equals_all_at_once(data_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(s0["kl"]), np.asarray(s1["kl"]), rtol=1e-5, atol=1e-5)
     for name in ("kl", "kl_per_token", "sample_gold_reward", "win_rate", "loss"):
         np.testing.assert_allclose(m0[name], m1[name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_population_starts_from_a_population_member_by_member(data_dir, tmp_path):
+    from align import main as main_lib
+    from align import mesh as mesh_lib
+    from align.train import runs
+
+    dev = jax.devices()[:1]
+    parent_dir = tmp_path / "sft"
+    main_lib.run(_cfg(data_dir, SFT, "--config.population.size=2",
+                      "--config.population.data=split"), str(parent_dir))
+    parent = runs.read_run(str(parent_dir))
+    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, dev)
+    mesh_rules = (mesh, mesh_lib.logical_rules(parent.cfg.mesh.rules))
+    _, stacked, step = runs.final_params(parent, *mesh_rules, stacked=True)
+    assert step == 3
+    for p in range(2):
+        _, one, _ = runs.final_params(parent, *mesh_rules, member=p)
+        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(stacked)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[p])
+    with pytest.raises(errors.ConfigError, match="population of 2 members"):
+        runs.final_params(parent, *mesh_rules)
+    with pytest.raises(errors.ConfigError, match="members 0..1"):
+        runs.final_params(parent, *mesh_rules, member=2)
+
+    start = [f"--config.init.workdir={parent_dir}", "--config.init.config="]
+    # A policy: member p starts from, and is regularised towards, member p of the parent.
+    dpo = loop.build(_cfg(data_dir, DPO, "--config.population.size=2", *start),
+                     str(tmp_path / "dpo"), devices=dev)
+    try:
+        assert dpo.start_stacked and dpo.reference_stacked
+        state = loop.initial_state(dpo)
+        for a, b, r in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(stacked),
+                           jax.tree.leaves(dpo.reference)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            np.testing.assert_array_equal(np.asarray(r), np.asarray(b))
+        loop.advance(dpo, state, next(loop.train_iterator(dpo)), 0)
+    finally:
+        dpo.close()
+    # A reward model: member p's backbone is member p's policy; the heads are its own.
+    rm = loop.build(_cfg(data_dir, "configs/reward_model.py:size=tiny,steps=3",
+                         "--config.population.size=2", *start),
+                    str(tmp_path / "rm"), devices=dev)
+    try:
+        params = loop.initial_state(rm)["params"]
+        for a, b in zip(jax.tree.leaves(params["backbone"]), jax.tree.leaves(stacked)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert not np.allclose(params["head"]["kernel"][0], params["head"]["kernel"][1])
+    finally:
+        rm.close()
+    with pytest.raises(errors.ConfigError, match="must be one too"):
+        loop.build(_cfg(data_dir, DPO, *start), str(tmp_path / "single"), devices=dev)
+    with pytest.raises(errors.ConfigError, match="population.size=2"):
+        loop.build(_cfg(data_dir, DPO, "--config.population.size=4", *start),
+                   str(tmp_path / "four"), devices=dev)
