@@ -175,6 +175,11 @@ class Tensor:
 # Tensors HF checkpoints may hold that carry no weights of their own.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 LM_HEAD = "lm_head.weight"
+# `...ForSequenceClassification` checkpoints: the same `model.*` trunk, no lm_head, and a
+# linear `score` layer [num_labels, D] on the last hidden states (transformers writes no bias).
+SEQUENCE_CLASSIFICATION = "ForSequenceClassification"
+SCORE = "score.weight"
+SCORE_BIAS = "score.bias"
 
 
 def tensor_layout(cfg) -> dict[tuple, Tensor]:
@@ -204,4 +209,13 @@ def tensor_layout(cfg) -> dict[tuple, Tensor]:
                 layer[("attn", f"{name}_bias")] = Tensor(
                     p + f"self_attn.{name}_proj.bias", (heads * h,), (heads, h), (0, 1))
         out.update({("layers", i, *path): t for path, t in layer.items()})
+    return out
+
+
+def score_layout(cfg, *, bias: bool) -> dict[tuple, Tensor]:
+    """ScalarModel head path -> HF tensor of a one-label score layer: kernel [D] from [1, D]."""
+    d = cfg.d_model
+    out = {("head", "kernel"): Tensor(SCORE, (1, d), (d,), (0,))}
+    if bias:
+        out[("head", "bias")] = Tensor(SCORE_BIAS, (1,), (), ())
     return out

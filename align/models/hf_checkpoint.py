@@ -1,5 +1,8 @@
 """Hugging Face safetensors checkpoints (Llama, Mistral, Qwen2, Gemma): import onto a mesh, export.
 
+Causal LMs load with `load_pretrained`; `...ForSequenceClassification` checkpoints with one
+label (reward models) load with `load_reward_model` as a ScalarModel.
+
 Import reads each parameter's shards straight from memory-mapped files, so no whole-model
 copy is ever held on the host; export streams one tensor at a time into `model.safetensors`.
 Dimension letters: L layers (the leading axis of parameters stacked for scan_layers).
@@ -41,8 +44,8 @@ _PARAM_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes
 _OVERRIDABLE = ("dtype", "remat", "attention", "scan_layers", "max_len")
 
 
-def read_hf_config(path: str) -> tuple[str, transformer.TransformerConfig]:
-    """(family, TransformerConfig) from a checkpoint directory's config.json (or its path)."""
+def _read_config_json(path: str) -> tuple[str, dict[str, Any]]:
+    """(file, parsed object) of a checkpoint directory's config.json (or its path)."""
     where = os.path.join(path, CONFIG_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(where):
         raise FileNotFoundError(f"no {CONFIG_FILE} at {path}")
@@ -53,6 +56,12 @@ def read_hf_config(path: str) -> tuple[str, transformer.TransformerConfig]:
         raise CheckpointError(f"{where} is not valid JSON: {e}") from e
     if not isinstance(hf, dict):
         raise CheckpointError(f"{where} must hold a JSON object, got {type(hf).__name__}")
+    return where, hf
+
+
+def read_hf_config(path: str) -> tuple[str, transformer.TransformerConfig]:
+    """(family, TransformerConfig) from a checkpoint directory's config.json (or its path)."""
+    where, hf = _read_config_json(path)
     try:
         family, kwargs = hf_layouts.config_from_hf(hf, where)  # its messages name `where`
     except ValueError as e:
@@ -216,40 +225,170 @@ def _path(key_path) -> tuple:
     return tuple(k.key for k in key_path)
 
 
-def load_pretrained(path: str, mesh, rules, *, dtype: str | None = None,
-                    overrides: Mapping[str, Any] | None = None):
-    """(TransformerConfig, params) with every parameter read straight onto its shards."""
-    # `dtype` is the parameters' dtype ("float32" when None, or "bfloat16"); `overrides` may
-    # set only config fields that keep the computed function: dtype (the compute dtype),
-    # remat, attention, scan_layers, and a smaller max_len.
-    _, cfg = read_hf_config(path)
+def _load_options(cfg: transformer.TransformerConfig, dtype: str | None,
+                  overrides: Mapping[str, Any] | None, who: str):
+    """(cfg with `overrides` applied, parameter dtype); errors name the caller `who`."""
     overrides = dict(overrides or {})
     bad = sorted(set(overrides) - set(_OVERRIDABLE))
     if bad:
-        raise ValueError(f"load_pretrained: cannot override {bad}; allowed: {list(_OVERRIDABLE)}")
+        raise ValueError(f"{who}: cannot override {bad}; allowed: {list(_OVERRIDABLE)}")
     if overrides.get("max_len", cfg.max_len) > cfg.max_len:
-        raise CheckpointError(f"load_pretrained: max_len {overrides['max_len']} exceeds the "
+        raise CheckpointError(f"{who}: max_len {overrides['max_len']} exceeds the "
                               f"checkpoint's {cfg.max_len}")
     cfg = dataclasses.replace(cfg, **overrides)
     param_dtype = _PARAM_DTYPES.get(dtype or "float32")
     if param_dtype is None:
-        raise ValueError(f"load_pretrained: dtype must be one of {list(_PARAM_DTYPES)}, "
-                         f"got {dtype!r}")
+        raise ValueError(f"{who}: dtype must be one of {list(_PARAM_DTYPES)}, got {dtype!r}")
+    return cfg, param_dtype
+
+
+def _transformer_loader(reader: _Reader, cfg, layout, param_dtype: np.dtype):
+    """(Transformer param path, abstract, sharding) -> that parameter read onto its shards."""
+
+    def load(path, abstract, sharding):
+        tensors, stacked = _leaf_tensors(path, cfg, layout)
+        shape = (len(tensors),) * stacked + tensors[0].align_shape
+        assert shape == abstract.shape, (path, shape, abstract.shape)
+        read = _read_fn(reader, tensors, stacked, param_dtype)
+        return jax.make_array_from_callback(shape, sharding, read, dtype=param_dtype)
+
+    return load
+
+
+def _zeros(shape: tuple[int, ...], sharding, dtype: np.dtype) -> jax.Array:
+    """A zero array built shard by shard (no whole-array host copy)."""
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: np.zeros(sharding.shard_shape(shape), dtype), dtype=dtype)
+
+
+def _architectures(hf: Mapping[str, Any]) -> list[str]:
+    archs = hf.get("architectures") or []
+    return [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []
+
+
+def _is_sequence_classification(hf: Mapping[str, Any], reader: _Reader) -> bool:
+    return (hf_layouts.SCORE in reader.entries
+            or any(a.endswith(hf_layouts.SEQUENCE_CLASSIFICATION) for a in _architectures(hf)))
+
+
+def load_pretrained(path: str, mesh, rules, *, dtype: str | None = None,
+                    overrides: Mapping[str, Any] | None = None):
+    """(TransformerConfig, params) of a causal LM with every parameter read onto its shards."""
+    # `dtype` is the parameters' dtype ("float32" when None, or "bfloat16"); `overrides` may
+    # set only config fields that keep the computed function: dtype (the compute dtype),
+    # remat, attention, scan_layers, and a smaller max_len.
+    where, hf = _read_config_json(path)
+    _, cfg = read_hf_config(path)
+    cfg, param_dtype = _load_options(cfg, dtype, overrides, "load_pretrained")
     model_def = _model_def(cfg)
     shardings = mesh_lib.tree_shardings(model_def.abstract_params, model_def.names, rules, mesh)
     layout = hf_layouts.tensor_layout(cfg)
     reader = _Reader(path)
+    if _is_sequence_classification(hf, reader):
+        raise CheckpointError(
+            f"{reader.source} is a sequence-classification checkpoint (architectures "
+            f"{_architectures(hf)} in {where}; tensor {hf_layouts.SCORE!r}), not a causal "
+            "language model: load it with load_reward_model")
     _check_tensors(reader, layout, cfg.tie_embeddings)
+    load = _transformer_loader(reader, cfg, layout, param_dtype)
+    params = jax.tree_util.tree_map_with_path(
+        lambda kp, a, s: load(_path(kp), a, s), model_def.abstract_params, shardings)
+    return cfg, params
+
+
+class RewardCheckpoint(NamedTuple):
+    """A sequence-classification checkpoint loaded as an align reward model.
+
+    params is the pure-dict parameter tree of `heads.ScalarModel(cfg)`:
+    {"backbone": <Transformer params>, "head": {"kernel": [D], "bias": []}}.
+    pad_token_id is config.json's (None when it sets none): transformers scores a sequence at
+    its last token whose id differs from it (see align.analysis.pretrained_reward).
+    """
+
+    cfg: transformer.TransformerConfig
+    params: Any
+    pad_token_id: int | None
+
+
+def _num_labels(hf: Mapping[str, Any]) -> int | None:
+    """The number of outputs config.json declares (len(id2label), else num_labels), or None."""
+    # transformers writes id2label only when num_labels differs from its default of 2.
+    if isinstance(hf.get("id2label"), dict):
+        return len(hf["id2label"])
+    n = hf.get("num_labels")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def _pad_token_id(hf: Mapping[str, Any], where: str, vocab_size: int) -> int | None:
+    pad = hf.get("pad_token_id")
+    if pad is None:
+        return None
+    if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < vocab_size:
+        raise CheckpointError(f"{where}: pad_token_id must be a token id in [0, {vocab_size}), "
+                              f"got {pad!r}")
+    return pad
+
+
+def load_reward_model(path: str, mesh, rules, *, dtype: str | None = None,
+                      overrides: Mapping[str, Any] | None = None) -> RewardCheckpoint:
+    """A `...ForSequenceClassification` checkpoint with one label as (cfg, params, pad_token_id).
+
+    Reads the causal-LM trunk (`model.*`) into the ScalarModel's backbone and `score.weight`
+    [1, D] (plus `score.bias` [1] where present, else 0) into its head, always in fp32 like
+    every ScalarHead. The head then gives the value of every token, r_t = w · h_t + b, and
+    transformers' reward of a sequence is r_t at its last non-pad token. A backbone with an
+    untied output matrix (tie_word_embeddings false) gets it filled with zeros: the file has
+    no lm_head and a reward model never uses one. `dtype` and `overrides` are as in
+    load_pretrained (`dtype` applies to the backbone only).
+    """
+    where, hf = _read_config_json(path)
+    _, cfg = read_hf_config(path)
+    cfg, param_dtype = _load_options(cfg, dtype, overrides, "load_reward_model")
+    reader = _Reader(path)
+    archs = _architectures(hf)
+    if hf_layouts.SCORE not in reader.entries:
+        raise CheckpointError(
+            f"{reader.source} has no tensor {hf_layouts.SCORE!r}: it is not a "
+            f"sequence-classification checkpoint (architectures {archs} in {where}); "
+            "load_reward_model reads ...ForSequenceClassification checkpoints, and a causal "
+            "language model loads with load_pretrained")
+    if archs and not any(a.endswith(hf_layouts.SEQUENCE_CLASSIFICATION) for a in archs):
+        raise CheckpointError(
+            f"{where}: architectures {archs} name no ...ForSequenceClassification model, "
+            f"though {reader.source} holds {hf_layouts.SCORE!r}")
+    score = reader.entries[hf_layouts.SCORE]
+    declared = _num_labels(hf)
+    if len(score.shape) != 2 or score.shape[0] != 1 or declared not in (None, 1):
+        declares = "" if declared is None else f" and {where} declares num_labels={declared}"
+        raise CheckpointError(
+            f"{reader.source}: a reward model has one output (num_labels=1), but tensor "
+            f"{hf_layouts.SCORE!r} has shape {list(score.shape)}{declares}; a classifier "
+            "of several labels is not a reward model")
+    pad_token_id = _pad_token_id(hf, where, cfg.vocab_size)
+    backbone = {k: t for k, t in hf_layouts.tensor_layout(cfg).items() if k != ("unembed",)}
+    head = hf_layouts.score_layout(cfg, bias=hf_layouts.SCORE_BIAS in reader.entries)
+    _check_tensors(reader, {**backbone, **head}, tied=False)
+
+    model_def = state_lib.describe(state_lib.scalar_model().make_fn(cfg))
+    shardings = mesh_lib.tree_shardings(model_def.abstract_params, model_def.names, rules, mesh)
+    load_backbone = _transformer_loader(reader, cfg, backbone, param_dtype)
 
     def load(key_path, abstract, sharding):
-        tensors, stacked = _leaf_tensors(_path(key_path), cfg, layout)
-        shape = (len(tensors),) * stacked + tensors[0].align_shape
-        assert shape == abstract.shape, (key_path, shape, abstract.shape)
-        read = _read_fn(reader, tensors, stacked, param_dtype)
-        return jax.make_array_from_callback(shape, sharding, read, dtype=param_dtype)
+        path = _path(key_path)
+        if path[0] == "head":
+            if path not in head:  # no score.bias: HF's score layer has none
+                return _zeros(abstract.shape, sharding, np.dtype(np.float32))
+            t = head[path]
+            assert t.align_shape == abstract.shape, (path, t.align_shape, abstract.shape)
+            read = _read_fn(reader, [t], False, np.dtype(np.float32))
+            return jax.make_array_from_callback(abstract.shape, sharding, read,
+                                                dtype=np.float32)
+        if path[1:] == ("unembed",):
+            return _zeros(abstract.shape, sharding, param_dtype)  # unused by a reward model
+        return load_backbone(path[1:], abstract, sharding)
 
     params = jax.tree_util.tree_map_with_path(load, model_def.abstract_params, shardings)
-    return cfg, params
+    return RewardCheckpoint(cfg, params, pad_token_id)
 
 
 def _safetensors_header(plan, st_dtype: str, itemsize: int) -> bytes:
@@ -322,8 +461,16 @@ def main(argv=None) -> None:
     parser.add_argument("path")
     args = parser.parse_args(argv)
     family, cfg = read_hf_config(args.path)
+    _, hf = _read_config_json(args.path)
     reader = _Reader(args.path)
-    _check_tensors(reader, hf_layouts.tensor_layout(cfg), cfg.tie_embeddings)
+    if _is_sequence_classification(hf, reader):
+        family += " (sequence classification)"
+        layout = {k: t for k, t in hf_layouts.tensor_layout(cfg).items() if k != ("unembed",)}
+        layout.update(hf_layouts.score_layout(
+            cfg, bias=hf_layouts.SCORE_BIAS in reader.entries))
+        _check_tensors(reader, layout, tied=False)
+    else:
+        _check_tensors(reader, hf_layouts.tensor_layout(cfg), cfg.tie_embeddings)
     print(f"family {family}: {transformer.num_params(cfg):,} parameters")
     print(cfg)
     for name, e in sorted(reader.entries.items()):

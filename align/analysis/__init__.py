@@ -1,0 +1,4 @@
+"""What RLHF does, measured on trained runs: reward-model imprints, resistance and robustness
+(`seal`), gold-invariant rewrites of the review world (`rewrites`), reward models as text
+scorers (`reward_models`, and `pretrained_reward` for Hugging Face sequence-classification
+checkpoints)."""
