@@ -60,6 +60,7 @@ BOUNDS: dict[str, Bound] = {
     "data.list_size": Bound(ge=2),
     "task.seed": _NONNEG, "task.temperature": _NONNEG, "task.length_bias": Bound(),
     "task.filler_bias": Bound(), "task.intransitive": _NONNEG, "task.min_sentences": _NONNEG,
+    "task.filler_penalty": _NONNEG,
     "online.epochs": _COUNT, "online.minibatches": _COUNT, "online.max_new_tokens": _COUNT,
     "online.temperature": _POS,
     "optim.lr": _POS, "optim.warmup_steps": _NONNEG, "optim.decay_steps": _NONNEG,
@@ -124,7 +125,10 @@ def default_config() -> ConfigDict:
         seed=0, temperature=1.0, length_bias=0.0, filler_bias=0.0, intransitive=0.0,
         # > 0: the gold reward divides a completion's sentiment by at least this many
         # sentences (align/tasks/reviews.py), so short completions cannot win on length.
-        min_sentences=0))
+        min_sentences=0,
+        # The gold reward's cost per filler phrase; 0 makes filler a pure spoiler, so that
+        # adding one leaves gold unchanged (the SEAL rewrites, align/analysis/seal.py).
+        filler_penalty=0.1))
     c.objective = ConfigDict(dict(name="sft"))
     c.init = ConfigDict(dict(
         # Start from another run's final parameters (the policy, and the reference):

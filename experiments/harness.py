@@ -123,7 +123,9 @@ def train(config: str, workdir: str, overrides: Sequence[str] = (), *, devices=N
         result = loop.train(setup)
     finally:
         setup.close()
-    out = {"step": int(result["step"]), "eval": {k: float(v) for k, v in result["eval"].items()},
+    # A population's metrics are [P] vectors over its members: stored as lists.
+    as_json = lambda v: float(v) if np.ndim(v) == 0 else [float(x) for x in np.ravel(v)]
+    out = {"step": int(result["step"]), "eval": {k: as_json(v) for k, v in result["eval"].items()},
            "seconds": time.time() - start}
     atomic.write_text(path, json.dumps(out, indent=2) + "\n")
     return out

@@ -93,3 +93,25 @@ IPO = {
     "claims": ("DPO goes deterministic for every tau on D1; IPO converges to a regularised "
                "optimum that depends smoothly on tau",),
 }
+
+SEAL = {
+    "citation": "Revel et al., SEAL: Systematic Error Analysis for Value ALignment, "
+                "arXiv 2408.10270",
+    "source": "the paper's summary figures as transcribed for this project (check against the "
+              "paper before quoting)",
+    "setting": "reward models fine-tuned on Anthropic hh-rlhf (alignment data D), features "
+               "(target values and spoilers) tagged by an LM",
+    # Share of D by regime, between the reward model before and after training on D.
+    "regimes": {"stayed": 0.483, "got": 0.258, "resisted": 0.172, "reversed": 0.087},
+    "agreement_pre": 0.57,   # the untrained reward model agrees with the human labels
+    "agreement_post": 0.74,  # the trained one
+    # Alignment resistance (post model against the label) where LM labellers disagreed with
+    # the human label.
+    "resistance_where_labelers_disagree": 0.26,
+    "claims": (
+        "reward models show strong imprints of target features (desired values)",
+        "they are notably sensitive to spoiler features (undesired concepts)",
+        "alignment resistance concentrates where the label is ambiguous or contested",
+        "small rewrites of the texts change the reward models' preferences",
+    ),
+}

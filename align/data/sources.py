@@ -46,6 +46,8 @@ def world_settings(cfg) -> tuple[dict, dict]:
     world = {"seed": int(cfg.task.seed)}
     if int(cfg.task.min_sentences):  # only when set, so default worlds keep their dataset ids
         world["min_sentences"] = int(cfg.task.min_sentences)
+    if float(cfg.task.filler_penalty) != WorldConfig.filler_penalty:
+        world["filler_penalty"] = float(cfg.task.filler_penalty)
     labeler = {"temperature": float(cfg.task.temperature),
                "length_bias": float(cfg.task.length_bias),
                "filler_bias": float(cfg.task.filler_bias),
