@@ -238,3 +238,36 @@ def test_from_pretrained_pad_equal_to_eos_scores_like_transformers(llama, tmp_pa
     # transformers skips the trailing eos (= pad): the reward is the token's before it.
     before = [torch_rewards(model, [row[:-1]], [[1] * (len(row) - 1)])[0] for row in ids]
     np.testing.assert_allclose(out, before, atol=1e-5, rtol=1e-5)
+
+
+def test_the_seal_report_takes_a_pretrained_reward_model(llama, tmp_path, capsys):
+    """SEAL's analyses on an HF reward model: its rewards are transformers', its imprint the
+    regression of those rewards on the file's feature columns."""
+    from align.analysis import seal, seal_report
+
+    _, directory, model = llama
+    path = str(tmp_path / "rm")
+    shutil.copytree(directory, path)
+    vocab = write_tokenizer(path)
+    rng = np.random.RandomState(2)
+    rows, texts = [], []
+    for i in range(24):
+        n_a, n_b = rng.randint(1, 8, size=2)
+        a, b = " ".join(rng.choice(WORDS, n_a)), " ".join(rng.choice(WORDS, n_b))
+        rows.append({"prompt": "w3", "chosen": " " + a, "rejected": " " + b,
+                     "chosen_words": int(n_a), "rejected_words": int(n_b)})
+        texts.append((a, b))
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert seal_report.main(["--model", path, "--pairs", str(pairs_file),
+                             "--features", "words"]) == 0
+    assert "| words |" in capsys.readouterr().out
+
+    ids = [[BOS, vocab["w3"]] + [vocab[w] for w in t.split()] + [EOS]
+           for t in [a for a, _ in texts] + [b for _, b in texts]]
+    ref = [torch_rewards(model, [row], [[1] * len(row)])[0] for row in ids]
+    pairs = seal_report.pairs_from_file(str(pairs_file), ["words"])
+    report = seal_report.analyse(pretrained_reward.from_pretrained(path), pairs)
+    expected = seal.ols_clustered(np.asarray(ref, np.float64), pairs.features,
+                                  np.concatenate([np.arange(24)] * 2), standardize=True)
+    assert report.imprint.model["words"] == pytest.approx(expected["words"], rel=1e-4, abs=1e-6)
