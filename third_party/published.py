@@ -115,3 +115,30 @@ SEAL = {
         "small rewrites of the texts change the reward models' preferences",
     ),
 }
+
+DATAINF = {
+    "datainf": {
+        "citation": "Kwon et al., DataInf: Efficiently Estimating Data Influence in "
+                    "LoRA-tuned LLMs and Diffusion Models, arXiv 2310.00902",
+        "method": "closed-form inverse-Hessian-vector product per layer: the inverse of the "
+                  "damped mean of g gᵀ replaced by the mean of the (Sherman–Morrison) inverses, "
+                  "λ_l = 0.1 · mean squared gradient of layer l",
+        "claims": (
+            "DataInf approximates influence scores more accurately than LiSSA and "
+            "Hessian-free baselines, and faster",
+            "its approximation error is small for low-dimensional parameter blocks, which "
+            "suits LoRA-tuned models",
+            "influence by DataInf identifies mislabelled training examples",
+        ),
+    },
+    "trust": {
+        "citation": "Li et al., More RLHF, More Trust? On The Impact of Preference Alignment "
+                    "On Trustworthiness, arXiv 2404.18870",
+        "claims": (
+            "RLHF on general-purpose preference data does not guarantee trustworthiness "
+            "(toxicity, stereotypical bias, machine ethics, truthfulness, privacy)",
+            "influence-based data attribution (DataInf adapted to RLHF) identifies which "
+            "fine-tuning pairs move each trust vertical",
+        ),
+    },
+}
