@@ -120,7 +120,8 @@ def block_sizes(params, blocks: Blocks | None = None) -> dict:
 
 
 def _check_loss(loss_fn, params, data, name: str) -> None:
-    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], np.asarray(x).dtype), data)
+    dtype = lambda x: x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype  # no copy
+    one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:], dtype(x)), data)
     out = jax.eval_shape(loss_fn, params, one)
     if out.shape != ():
         raise ValueError(f"{name}: loss_fn(params, example) must return a scalar for one example "
