@@ -139,3 +139,23 @@ def test_tiny_run_end_to_end(runs_home, tmp_path):
     text = report.read_text()
     for needle in ("| n_sentences |", "| stayed |", "| add_fact |", "label contradicts gold"):
         assert needle in text
+
+    # DataInf on the member's last blocks: a training pair equal to a target pair lowers the
+    # target loss when up-weighted (I < 0), the same pair reversed raises it (I > 0); sharding
+    # the pairs over 8 devices gives the same influences.
+    from align.analysis import attribution
+
+    target = {"prompt": prompts[:4], "chosen": chosen[:4],
+              "rejected": [encoding.text_field(r, "rejected", 0) for r in recs[:4]]}
+    train = {"prompt": target["prompt"] * 2, "chosen": target["chosen"] + target["rejected"],
+             "rejected": target["rejected"] + target["chosen"]}
+    for select in ("head", "last_layer"):
+        infl = attribution.pair_influence(model, train, target, select=select, chunk_size=4)
+        assert infl.shape == (8,) and np.all(infl[:4] < 0) and np.all(infl[4:] > 0), infl
+    sharded = attribution.pair_influence(
+        model, train, target, chunk_size=8,
+        mesh=mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:8]),
+        rules=model.rules)
+    np.testing.assert_allclose(sharded, infl, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="only 2 layers"):
+        attribution.split_params(model.params, "last_layers:3")
