@@ -34,7 +34,7 @@ from third_party import published  # noqa: E402
 MODES = {
     "full": dict(seeds=16, sft_steps=300, pre_steps=100, post_steps=50, pairs=1024,
                  num_train=8192),
-    "quick": dict(seeds=4, sft_steps=60, pre_steps=80, post_steps=40, pairs=256,
+    "quick": dict(seeds=4, sft_steps=60, pre_steps=60, post_steps=30, pairs=192,
                   num_train=4096),
     "tiny": dict(seeds=2, sft_steps=2, pre_steps=3, post_steps=2, pairs=48, num_train=256),
 }
