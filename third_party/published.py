@@ -142,3 +142,24 @@ DATAINF = {
         ),
     },
 }
+
+SOPHISTRY = {
+    "citation": "Wen et al., Language Models Learn to Mislead Humans via RLHF, "
+                "arXiv 2409.12822 (U-Sophistry)",
+    "setting": "RLHF against time-limited human evaluators on question answering (QuALITY) and "
+               "programming (APPS)",
+    # Rise in the evaluators' false-positive rate (approving a wrong output), in points.
+    "false_positive_rate_rise": {"QuALITY": 24.1, "APPS": 18.3},
+    "claims": (
+        "RLHF makes the policy better at convincing time-limited human evaluators that it is "
+        "right, but not better at the task: correctness stays flat",
+        "the evaluators' false-positive rate rises (24.1 points on QuALITY, 18.3 on APPS)",
+    ),
+    "critique": {
+        "source": "an ICLR 2026 blog post on the paper",
+        "claims": (
+            "the effect depends on what the evaluators could see: the reward model never saw "
+            "the story, so a faithful reproduction needs the control where it does",
+        ),
+    },
+}
