@@ -4,7 +4,8 @@ lower one, no import is hidden inside a function, and there is no cycle.
 The layers, top to bottom (README, "Layout"):
 
     main, api                          entry points
-    evaluate                           evaluation of finished runs (best-of-n)
+    evaluate, analysis                 evaluation of finished runs (best-of-n, statistics); what
+                                       RLHF does (imprints, influence, evaluator errors)
     train                              Setup, the loop, steps, checkpoints, rollouts, scorers
     objectives                         losses, their settings, models and reference fields
     samples, sampling                  a policy's samples (the KV-cache sampler)
@@ -19,7 +20,7 @@ import os
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [
     ("main", "api"),
-    ("evaluate",),
+    ("evaluate", "analysis"),
     ("train",),
     ("objectives",),
     ("samples", "sampling"),

@@ -32,6 +32,8 @@ import numpy as np
 from align.analysis import datainf
 from align.models import specs
 from align.models.heads import last_token_value
+from align.train import runs
+from align.train import state as state_lib
 
 
 def split_params(params, select: str):
@@ -68,7 +70,6 @@ def merge(params, selected):
 
 def pair_loss_fn(model_def, params):
     """loss(selected, example) for one pair: the reward model's Bradley–Terry loss."""
-    from align.train import state as state_lib
 
     def reward(p, tokens_T, mask_T):
         model = state_lib.bind(model_def, p)
@@ -96,7 +97,7 @@ def encode_pairs(model, prompts: Sequence[str], chosen: Sequence[str],
         tokens = np.full((n, length), model.pad_id, np.int32)
         mask = np.zeros((n, length), np.int32)
         for i, (p, c) in enumerate(zip(prompts, texts)):
-            ids = model._encode(i, p, c)
+            ids = model.token_ids(i, p, c)
             if len(ids) > length:
                 raise ValueError(f"pair {i}: {len(ids)} tokens exceed the length {length}")
             tokens[i, :len(ids)], mask[i, :len(ids)] = ids, 1
@@ -112,14 +113,11 @@ def pair_influence(model, train: dict, target: dict, *, select: str = "last_laye
     model: a RunRewardModel (align.analysis.reward_models.from_run); train / target: dicts of
     "prompt", "chosen", "rejected" text lists.
     """
-    from align.train import runs
-    from align.train import state as state_lib
-
     run = runs.read_run(model.workdir)
     model_def = state_lib.describe(specs.scalar_model().make_fn(run.model_cfg))
     params = jax.tree.map(jnp.asarray, model.params)
     selected, _ = split_params(params, select)
-    longest = max(len(model._encode(i, p, c))
+    longest = max(len(model.token_ids(i, p, c))
                   for d in (train, target) for k in ("chosen", "rejected")
                   for i, (p, c) in enumerate(zip(d["prompt"], d[k])))
     length = min(model.max_len, 1 << max(3, (longest - 1).bit_length()))

@@ -100,7 +100,9 @@ class RunRewardModel:
 
         self._fn = jax.jit(mesh_lib.traced_under(fn, self.mesh, self.rules))
 
-    def _encode(self, i: int, prompt: str, completion: str) -> list[int]:
+    def token_ids(self, i: int, prompt: str, completion: str) -> list[int]:
+        """The ids the model scores for row i, by the run's training encoding: the prompt cut
+        from the left to data.max_prompt_len as in training, the completion never cut."""
         prefix, (comp,), _ = encoding.encode_record(
             self.tokenizer, i, prompt, [("completion", completion)],
             max_prompt_len=int(self.cfg.data.max_prompt_len), joint=None)
@@ -112,7 +114,7 @@ class RunRewardModel:
 
     def rewards(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         _check_aligned(prompts, completions)
-        seqs = [self._encode(i, p, c) for i, (p, c) in enumerate(zip(prompts, completions))]
+        seqs = [self.token_ids(i, p, c) for i, (p, c) in enumerate(zip(prompts, completions))]
         out = np.zeros(len(seqs), np.float64)
         for start in range(0, len(seqs), self.batch_size):
             rows = seqs[start:start + self.batch_size]

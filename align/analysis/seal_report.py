@@ -29,9 +29,12 @@ from typing import Sequence
 
 import numpy as np
 
+from align import atomic
 from align import errors
-from align.analysis import seal
+from align.analysis import pretrained_reward, reward_models, rewrites, seal
+from align.data import encoding, sources
 from align.data import rows as rows_lib
+from align.train import runs
 
 WORLD_FEATURES = ("sentiment_sum", "mentions_product", "mentions_aspect", "off_topic",
                   "n_sentences", "n_fillers")
@@ -115,9 +118,6 @@ def pairs_from_run(workdir: str, *, split: str = "train", limit: int = 1024,
                    features: Sequence[str] = ()) -> Pairs:
     """The first `limit` labelled pairs of a run's data split; the world's features and gold
     when the run is in the review world (its features must then be world features)."""
-    from align.data import encoding, sources
-    from align.train import runs
-
     run = runs.read_run(os.path.abspath(workdir))
     if run is None:
         raise FileNotFoundError(f"{workdir} holds no run")
@@ -146,12 +146,9 @@ def pairs_from_run(workdir: str, *, split: str = "train", limit: int = 1024,
 
 def load_model(path: str, member: int | None = None, devices=None):
     """A reward-model run's member, or a Hugging Face sequence-classification checkpoint."""
-    from align.analysis import reward_models
-
     if os.path.exists(os.path.join(path, "model.json")):
         return reward_models.from_run(path, member=member, devices=devices)
     if os.path.exists(os.path.join(path, "config.json")):
-        from align.analysis import pretrained_reward
         return pretrained_reward.from_pretrained(path, devices=devices)
     raise FileNotFoundError(f"{path} is neither a run's workdir nor a Hugging Face checkpoint")
 
@@ -204,7 +201,6 @@ def analyse(model, pairs: Pairs, *, pre=None) -> Report:
     res = seal.resistance(r_N[:m] - r_N[m:], pre_margin, gold_margin_M=gold_margin)
     flips = None
     if pairs.world is not None:
-        from align.analysis import rewrites
         flips = seal.flip_rates(model.rewards, pairs.prompts, pairs.chosen, pairs.rejected,
                                 rewrites.world_rewrites(pairs.world))
     return Report(imp, res, flips)
@@ -242,7 +238,6 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.out:
-        from align import atomic
         atomic.write_text(args.out, report)
     print(report, end="")
     return 0

@@ -17,6 +17,7 @@ from align import objectives
 from align.models import transformer
 from align.train import checkpoint as ckpt_lib
 from align.train import optim
+from align.train import population as population_lib
 from align.train import state as state_lib
 
 MODEL_FILE = "model.json"
@@ -178,8 +179,6 @@ def final_params(run: Run, mesh, rules, *, member: int | None = None, stacked: b
     A population run needs `member` (that member's parameters, as a single run's) or
     `stacked=True` (every member's, with the leading member axis)."""
     if is_population(run):
-        from align.train import population as population_lib  # population imports this module
-
         size = population_size(run)
         if member is None and not stacked:
             raise errors.ConfigError(
