@@ -85,32 +85,14 @@ def _stages(settings: dict, out: str, tiny: bool) -> dict:
     return dirs
 
 
-def _pairs(post_dir: str, m: int):
-    """The first m training pairs of the post run (its labels), the world and the features."""
-    from align.data import encoding, sources
-    from align.train import runs
-
-    run = runs.read_run(post_dir)
-    data = sources.prepare(run.cfg, post_dir, kinds=("pairs",), data_dir=run.data_dir,
-                           tokenizer_path=run.tokenizer_path)
-    source = data.pairs["train"]
-    m = min(m, len(source))
-    recs = [source[i] for i in range(m)]
-    texts = {k: [encoding.text_field(r, k, i) for i, r in enumerate(recs)]
-             for k in ("prompt", "chosen", "rejected")}
-    return data.world, texts
-
-
 def analyse(dirs: dict, settings: dict) -> dict:
     """Every reward model's imprint, regimes, resistance and flip rates on D."""
-    from align.analysis import reward_models, rewrites, seal
+    from align.analysis import reward_models, rewrites, seal, seal_report
 
-    world, t = _pairs(dirs["post"], settings["pairs"])
-    prompts, chosen, rejected = t["prompt"], t["chosen"], t["rejected"]
-    m = len(prompts)
-    feats = [world.features(p, y) for p, y in zip(prompts + prompts, chosen + rejected)]
-    features = {k: np.asarray([f[k] for f in feats]) for k in FEATURES}
-    gold_N = np.asarray([f["gold_reward"] for f in feats])
+    # D: the first pairs of the post run's training data (its labels), with the world's features.
+    d = seal_report.pairs_from_run(dirs["post"], limit=settings["pairs"], features=FEATURES)
+    world, features, gold_N = d.world, d.features, d.gold
+    prompts, chosen, rejected, m = d.prompts, d.chosen, d.rejected, d.m
     pair_N = np.concatenate([np.arange(m)] * 2)
     gold_fit = seal.ols_clustered(gold_N, features, pair_N, standardize=True)
     checks = rewrites.world_rewrites(world, KINDS)
