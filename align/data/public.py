@@ -15,8 +15,12 @@ documented in its module (align/data/hh_rlhf.py, tldr.py, ultrafeedback.py); bad
 align/data/rows.py.
 
 A builder config is named by a hash of everything its records depend on (source, kind,
-subsets, template, bad-row policy, options, and for a manual directory each file's size
-and modification time), so a changed setting or file gets a new build. The build's row
+subsets, template, bad-row policy, options, and for a manual directory the sha256 of each
+file's bytes), so a changed setting or file gets a new build. A file's digest is cached in
+`<data_dir>/.align-fingerprints.json`, keyed by its absolute path, size, mtime_ns, ctime_ns,
+inode and device, so an unchanged file is hashed once, not on every run; any change to those
+rehashes it (ctime changes on every write, even one that restores size and mtime). Where
+the cache cannot be read or written, every file is hashed each time. The build's row
 report (rows read, bad rows by kind with the first of each, excluded rows by reason,
 examples per split) is printed at the end of a build and stored in the dataset's
 metadata (`metadata.json` beside its records); `report()` reads it back.
@@ -33,7 +37,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from align import errors
+from align import atomic, errors
 from align.data import hh_rlhf, tldr, ultrafeedback
 from align.data.builders import _quiet_tfds
 from align.data.chat import ChatTemplate, get_template
@@ -102,14 +106,84 @@ def resolve_files(source: str, kind: str, subsets: Sequence[str], manual_dir: st
     return paths
 
 
+FINGERPRINTS = ".align-fingerprints.json"  # the digest cache in a data_dir (module docstring)
+_CHUNK = 1 << 20
+
+
+def _sha256_file(path: str) -> str:
+    """The sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stat_key(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _read_cache(cache: str | None) -> dict:
+    if not cache:
+        return {}
+    try:
+        with open(cache) as f:
+            entries = json.load(f)
+    except (OSError, ValueError):
+        return {}  # none yet, unreadable or corrupt: hash again
+    return entries if isinstance(entries, dict) else {}
+
+
+def fingerprints(paths: Mapping[str, str], cache: str | None = None) -> dict[str, str]:
+    """rel -> "sha256:<hex>" of each file's bytes, reusing `cache` (a JSON file) where the
+    file's absolute path, size, mtime_ns, ctime_ns, inode and device are unchanged."""
+    entries = _read_cache(cache)
+    out, changed = {}, False
+    for rel, path in paths.items():
+        full = os.path.abspath(path)
+        key = _stat_key(full)
+        entry = entries.get(full)
+        if (isinstance(entry, dict) and entry.get("stat") == key
+                and isinstance(entry.get("sha256"), str)):
+            out[rel] = "sha256:" + entry["sha256"]
+            continue
+        digest = _sha256_file(full)
+        entries[full] = {"stat": key, "sha256": digest}
+        out[rel], changed = "sha256:" + digest, True
+    if cache and changed:
+        try:
+            atomic.write_text(cache, json.dumps(entries, sort_keys=True, indent=1) + "\n")
+        except OSError:
+            pass  # not writable: no cache, the files are hashed again next time
+    return out
+
+
+def _cache_path(data_dir: str) -> str | None:
+    """Where a local data_dir keeps the digest cache; None for a remote one (gs://...)."""
+    data_dir = os.fspath(data_dir)
+    if "://" in data_dir:
+        return None
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError:
+        return None
+    return os.path.join(data_dir, FINGERPRINTS)
+
+
 def make_config(source: str, kind: str, *, files: Mapping[str, str], manual: bool,
                 template: str = "hh", bad_rows: str = "error",
-                options: Mapping[str, Any] | None = None) -> PublicConfig:
-    """The config of one dataset; its name is a hash of the settings its records depend on."""
+                options: Mapping[str, Any] | None = None,
+                fingerprint_cache: str | None = None) -> PublicConfig:
+    """The config of one dataset; its name is a hash of the settings its records depend on.
+
+    Manual files count by the sha256 of their bytes (`fingerprints`, cached in
+    `fingerprint_cache` when given); downloaded ones by their URL.
+    """
     options = dict(options or {})
     _check(source, kind, bad_rows, options)
     if manual:
-        fingerprint = {rel: [os.stat(p).st_size, os.stat(p).st_mtime_ns] for rel, p in files.items()}
+        fingerprint = fingerprints(files, fingerprint_cache)
     else:
         fingerprint = dict(files)
     settings = {"format": DATA_FORMAT, "source": source, "kind": kind, "files": fingerprint,
@@ -236,7 +310,8 @@ def public_builder(source: str, kind: str, data_dir: str, *, manual_dir: str = "
                                  key="data.source")
     files = resolve_files(source, kind, _subsets(subsets), manual_dir)
     config = make_config(source, kind, files=files, manual=bool(manual_dir), template=template,
-                         bad_rows=bad_rows, options=options)
+                         bad_rows=bad_rows, options=options,
+                         fingerprint_cache=_cache_path(data_dir) if manual_dir else None)
     with _quiet_tfds():
         return _BUILDERS[source](data_dir=os.fspath(data_dir), file_format="array_record",
                                  config=config, files=files, manual=bool(manual_dir))

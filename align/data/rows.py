@@ -9,6 +9,18 @@ out and counted by kind, and the build reports the counts (and where the first o
 kind was). Rows left out by a documented rule of a format (e.g. tied ratings) are not
 bad: they are counted as `excluded` under their reason. Blank lines are not rows; they
 are counted as excluded "blank_line" too, so nothing is dropped without a count.
+
+A damaged file is not a bad row. A gzipped file that is truncated, is not gzip at all, or
+holds corrupt compressed data (bad deflate data, a failed CRC or length check, trailing
+bytes that are not gzip) raises a one-line `DataError` naming the file, the last complete
+line read before the damage, what is wrong and what to do (download it again; `gzip -t
+FILE` checks it), under "skip" as well: the rows past the damage cannot be read, so
+skipping would build a dataset from part of a file as if it were whole. Corrupt deflate
+data can decompress to garbage lines before the damage is detected (a CRC is checked at
+the end of the stream); so under "error" a bad row found in a gzipped file first checks
+the rest of the file, and reports the damage, not the row, when the file is damaged.
+A file that cannot be opened or read (missing, a directory, no permission, an I/O error)
+is an error naming the file too.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import gzip
 import json
 import math
 import os
+import zlib
 from typing import Any, Callable, Iterator, Mapping
 
 from align import errors
@@ -66,11 +79,16 @@ class RowLog:
         self.first_bad: dict[str, str] = {}
         self.excluded: collections.Counter = collections.Counter()
         self.rows = 0  # rows read (bad ones included) and counted by this log
+        self._reading = None  # (name, path, file, line) of the gzipped file being read
 
     def bad(self, where: str, kind: str, detail: str, *, count: bool = True) -> None:
         """Raises under "error"; under "skip" counts the row (when `count`) and returns."""
         if self.policy == "error":
-            raise BadRowError(where, kind, detail)
+            error = BadRowError(where, kind, detail)
+            if self._reading is not None:
+                # Garbage from corrupt gzip data is the file's damage, not a bad row.
+                self._check_rest(f"{where} ({kind})", error)
+            raise error
         if count:
             self.bad_counts[kind] += 1
             self.first_bad.setdefault(kind, f"{where}: {detail}")
@@ -85,37 +103,86 @@ class RowLog:
 
         `count=False` reads without counting or reporting unreadable lines (for a pass over a
         file whose rows another pass has already counted); under "error" they still raise.
+        A damaged or unreadable file raises whatever the policy (module docstring).
         """
-        opener = gzip.open if str(name).endswith(".gz") else open
+        gz = str(name).endswith(".gz")
+        f = _open(name, path, gz)
+        number = 0  # the last complete line read
         try:
-            f = opener(path, "rb")
-        except OSError as e:
-            raise FileNotFoundError(f"cannot open {name} ({path}): {e}") from e
-        with f:
-            for number, raw in enumerate(f, start=1):
-                where = f"{name}:{number}"
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    self._count_row(count)
-                    self.bad(where, "invalid_utf8", f"byte {raw[e.start]:#04x} at column {e.start + 1} "
-                             "is not valid UTF-8", count=count)
-                    continue
-                if not text.strip():
-                    self.exclude("blank_line", count=count)
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as e:
-                    self._count_row(count)
-                    self.bad(where, "not_json", f"not JSON ({e.msg} at column {e.colno})", count=count)
-                    continue
-                if not isinstance(row, dict):
-                    self._count_row(count)
-                    self.bad(where, "not_json", f"a JSON {type(row).__name__}, not an object",
-                             count=count)
-                    continue
-                yield where, row
+            with f:
+                raws = iter(f)
+                while True:
+                    try:
+                        raw = next(raws)
+                    except StopIteration:
+                        break
+                    except (EOFError, zlib.error, OSError) as e:
+                        raise self._damaged(name, path, number, e) from e
+                    number += 1
+                    where = f"{name}:{number}"
+                    # While a row of a gzipped file is out, a bad row checks the rest (bad()).
+                    self._reading = (name, path, f, number) if gz else None
+                    try:
+                        text = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        self._count_row(count)
+                        self.bad(where, "invalid_utf8", f"byte {raw[e.start]:#04x} at column "
+                                 f"{e.start + 1} is not valid UTF-8", count=count)
+                        continue
+                    if not text.strip():
+                        self.exclude("blank_line", count=count)
+                        continue
+                    try:
+                        row = json.loads(text)
+                    except json.JSONDecodeError as e:
+                        self._count_row(count)
+                        self.bad(where, "not_json", f"not JSON ({e.msg} at column {e.colno})",
+                                 count=count)
+                        continue
+                    if not isinstance(row, dict):
+                        self._count_row(count)
+                        self.bad(where, "not_json", f"a JSON {type(row).__name__}, not an object",
+                                 count=count)
+                        continue
+                    yield where, row
+        finally:
+            self._reading = None
+
+    def _damaged(self, name: str, path: str | os.PathLike, number: int, e: BaseException,
+                 bad_row: str = "") -> errors.DataError:
+        """The one-line error of a file damaged or unreadable after `number` complete lines."""
+        reached = (f"after line {number}, the last complete line read" if number
+                   else "before its first complete line")
+        if bad_row:
+            reached += f" (its first bad row, {bad_row}, is likely garbage from the damage)"
+        if isinstance(e, EOFError):
+            what = ("truncated gzip stream (the file ends before gzip's end-of-stream marker: "
+                    "a download or copy cut short, or corrupt data?)")
+        elif isinstance(e, gzip.BadGzipFile) and not _starts_as_gzip(path):
+            what = ("not a gzip file (its name ends in .gz but it does not start with gzip's "
+                    "bytes 1f 8b; if it is plain JSON lines, compress it with `gzip`)")
+        elif isinstance(e, gzip.BadGzipFile) and str(e).startswith("Not a gzipped file"):
+            what = f"corrupt gzip data (bytes after the end of the gzip stream are not gzip: {e})"
+        elif isinstance(e, (zlib.error, gzip.BadGzipFile)):
+            what = f"corrupt gzip data ({e})"
+        else:
+            return errors.DataError(f"{name}: read failed {reached}: "
+                                    f"{getattr(e, 'strerror', None) or e}")
+        note = ("; data.bad_rows=skip does not apply: a damaged file is not a bad row, and the "
+                "rows past the damage cannot be read, so skipping would build from part of the "
+                "file as if it were whole" if self.policy == "skip" else "")
+        return errors.DataError(f"{name}: damaged file: {what} {reached}. Download it again "
+                                f"(check it with `gzip -t {os.fspath(path)}`){note}")
+
+    def _check_rest(self, bad_row: str, error: BadRowError) -> None:
+        """Reads the rest of the gzipped file being read; raises its damage as a DataError."""
+        name, path, f, number = self._reading
+        self._reading = None
+        try:
+            for _ in f:
+                number += 1
+        except (EOFError, zlib.error, OSError) as e:
+            raise self._damaged(name, path, number, e, bad_row) from error
 
     def _count_row(self, count: bool) -> None:
         if count:
@@ -136,6 +203,27 @@ class RowLog:
                 "bad_rows": dict(sorted(self.bad_counts.items())),
                 "first_bad": dict(sorted(self.first_bad.items())),
                 "excluded": dict(sorted(self.excluded.items()))}
+
+
+def _open(name: str, path: str | os.PathLike, gz: bool):
+    """The file opened for binary reading; an error naming the file when it cannot be."""
+    where = name if os.fspath(path) == str(name) else f"{name} ({os.fspath(path)})"
+    try:
+        return gzip.open(path, "rb") if gz else open(path, "rb")
+    except OSError as e:
+        message = f"cannot open {where}: {e.strerror or e}"
+        for cls in (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+            if isinstance(e, cls):
+                raise cls(message) from e
+        raise errors.DataError(message) from e
+
+
+def _starts_as_gzip(path: str | os.PathLike) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"\x1f\x8b"
+    except OSError:
+        return True  # unknown: call it corrupt rather than not gzip
 
 
 # ---------------------------------------------------------------- field checks (raise BadRow)

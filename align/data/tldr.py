@@ -97,7 +97,10 @@ def _comparison(row: Mapping) -> dict:
     texts = [summary_text(rows_lib.text(s, "text", f"summaries[{i}]"), f"summaries[{i}].text")
              for i, s in enumerate(summaries)]
     choice = rows_lib.field(row, "choice")
-    if isinstance(choice, bool) or choice not in (0, 1):
+    if isinstance(choice, bool) or not isinstance(choice, int):
+        raise BadRow("wrong_type", f"field 'choice' must be the integer 0 or 1, got "
+                     f"{type(choice).__name__} {choice!r}")
+    if choice not in (0, 1):
         raise BadRow("out_of_range", f"field 'choice' must be 0 or 1, got {choice!r}")
     rows_lib.distinct(texts[choice], texts[1 - choice])
     return {"prompt": prompt, "chosen": texts[choice], "rejected": texts[1 - choice]}

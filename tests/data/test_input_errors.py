@@ -1,5 +1,6 @@
 """Failures caused by what the user gave (records, files, data settings) raise align.errors
 input errors, so the command line reports them as one line; internal checks stay ValueError."""
+import gzip
 import types
 
 import pytest
@@ -137,7 +138,7 @@ def test_internal_checks_stay_plain_value_errors():
 
 
 def test_the_command_line_shows_a_bad_row_as_one_line(tmp_path, capsys, monkeypatch):
-    def run(cfg, workdir):
+    def run(cfg, workdir, **kwargs):
         rows = _rows(2)
         rows[1] = {"prompt": "p", "completion": None}
         next(_batches(rows, shuffle=False))
@@ -148,3 +149,19 @@ def test_the_command_line_shows_a_bad_row_as_one_line(tmp_path, capsys, monkeypa
     assert main_lib.main(["--config", config, "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert err == "error (DataError): record 1: field 'completion' must be text, got NoneType\n"
+
+
+def test_the_command_line_shows_a_damaged_data_file_as_one_line(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"prompt": "p", "completion": "c"}\n' * 50)[:-20])
+
+    def run(cfg, workdir, **kwargs):
+        list(RowLog("skip").lines(str(path), str(path)))
+
+    monkeypatch.delenv("ALIGN_TRACEBACK", raising=False)
+    monkeypatch.setattr(main_lib, "run", run)
+    config = main_lib.__file__.replace("align/main.py", "configs/sft.py")
+    assert main_lib.main(["--config", config, "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error (DataError): {path}: damaged file: truncated gzip stream (")
+    assert err.count("\n") == 1 and "data.bad_rows=skip does not apply" in err

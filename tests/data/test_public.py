@@ -1,5 +1,6 @@
 """Tests of the public-dataset builders on small files written in the exact public formats."""
 import gzip
+import hashlib
 import json
 import os
 
@@ -385,3 +386,101 @@ def test_dpo_trains_on_public_pairs(tmp_path):
     state, metrics = loop.advance(setup, setup.spec.init_fn(), batch, 0)[:2]
     setup.close()
     np.testing.assert_allclose(float(metrics["loss"]), np.log(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("choice, kind", [
+    ("1", "wrong_type"), ("0", "wrong_type"), (True, "wrong_type"), (False, "wrong_type"),
+    (1.0, "wrong_type"), ([1], "wrong_type"), (2, "out_of_range"), (-1, "out_of_range")])
+def test_tldr_choice_must_be_the_integer_0_or_1(choice, kind, tmp_path):
+    path = _write(str(tmp_path / "comparisons/batch3.json"), [
+        _comparison("ok", [" a", " b"], 1, "train"),
+        _comparison("bad", [" a", " b"], choice, "train")])
+    with pytest.raises(BadRowError) as info:
+        list(tldr.records("pairs", "train", {"comparisons/batch3.json": path}, RowLog("error"),
+                          name_fn=lambda rel: path))
+    assert str(info.value).startswith(f"{path}:2: bad row ({kind}): field 'choice' must be ")
+    log = RowLog("skip")
+    out = list(tldr.records("pairs", "train", {"comparisons/batch3.json": path}, log))
+    assert [r["chosen"] for r in out] == [" b"] and log.summary()["bad_rows"] == {kind: 1}
+
+
+# ---------------------------------------------------------------- manual-file fingerprints
+
+
+def _same_size_and_mtime(a, b, mtime_ns=1_600_000_000_123_456_789):
+    for path in (a, b):
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+    assert os.stat(a).st_size == os.stat(b).st_size
+    assert os.stat(a).st_mtime_ns == os.stat(b).st_mtime_ns == mtime_ns
+
+
+def _config(path, cache=None):
+    return public.make_config("ultrafeedback", "lists", files={"flan.jsonl": path}, manual=True,
+                              fingerprint_cache=cache)
+
+
+def test_fingerprints_are_of_the_bytes_not_size_and_mtime(tmp_path):
+    one = _write(str(tmp_path / "one/flan.jsonl"), [_uf(Q_TRAIN, [1.0, 2.0])])
+    two = _write(str(tmp_path / "two/flan.jsonl"), [_uf(Q_TRAIN, [2.0, 1.0])])
+    _same_size_and_mtime(one, two)
+    assert _config(one).name != _config(two).name
+    assert _config(one).name == _config(one).name
+    # The same file rewritten in place with other bytes, its size and mtime put back.
+    cache = str(tmp_path / "cache.json")
+    before = _config(one, cache).name
+    with open(one, "r+b") as f:
+        f.write(b'{"source": "flax"')
+    _same_size_and_mtime(one, two)
+    assert _config(one, cache).name != before
+    assert _config(one, cache).settings["files"]["flan.jsonl"] == (
+        "sha256:" + hashlib.sha256(open(one, "rb").read()).hexdigest())
+
+
+def test_an_unchanged_file_is_hashed_once(tmp_path, monkeypatch):
+    path = _write(str(tmp_path / "uf/flan.jsonl"), [_uf(Q_TRAIN, [1.0, 2.0])])
+    calls = []
+    real = public._sha256_file
+    monkeypatch.setattr(public, "_sha256_file", lambda p: calls.append(p) or real(p))
+    cache = str(tmp_path / "tfds" / public.FINGERPRINTS)
+    os.makedirs(os.path.dirname(cache))
+    names = {_config(path, cache).name for _ in range(3)}
+    assert len(names) == 1 and calls == [path]
+    # Without a cache every call hashes the file.
+    _config(path)
+    assert len(calls) == 2
+    entry = json.load(open(cache))[path]
+    assert entry["stat"][:2] == [os.stat(path).st_size, os.stat(path).st_mtime_ns]
+    # A new mtime, or the same bytes in a new file (a new inode), is hashed again.
+    os.utime(path, ns=(5, 5))
+    assert _config(path, cache).name in names and len(calls) == 3
+    copy = path + ".new"
+    with open(copy, "wb") as f:
+        f.write(open(path, "rb").read())
+    os.utime(copy, ns=(5, 5))
+    os.replace(copy, path)
+    assert _config(path, cache).name in names and len(calls) == 4
+    _config(path, cache)
+    assert len(calls) == 4
+
+
+def test_the_fingerprint_cache_lives_in_the_data_dir_and_is_optional(tmp_path, monkeypatch, uf_dir):
+    calls = []
+    real = public._sha256_file
+    monkeypatch.setattr(public, "_sha256_file", lambda p: calls.append(p) or real(p))
+    data_dir = tmp_path / "tfds"
+    first = public.public_builder("ultrafeedback", "lists", str(data_dir), manual_dir=uf_dir)
+    again = public.public_builder("ultrafeedback", "lists", str(data_dir), manual_dir=uf_dir)
+    assert first.builder_config.name == again.builder_config.name and len(calls) == 1
+    assert list(json.load(open(data_dir / public.FINGERPRINTS))) == [
+        os.path.join(uf_dir, "flan.jsonl")]
+    # A corrupt cache is hashed past and rewritten; an unwritable one means no cache.
+    (data_dir / public.FINGERPRINTS).write_text("{not json")
+    assert _config(os.path.join(uf_dir, "flan.jsonl"), str(data_dir / public.FINGERPRINTS)).name
+    assert len(calls) == 2 and json.load(open(data_dir / public.FINGERPRINTS))
+    missing = str(tmp_path / "no-such-dir" / public.FINGERPRINTS)
+    for _ in range(2):
+        _config(os.path.join(uf_dir, "flan.jsonl"), missing)
+    assert len(calls) == 4 and not os.path.exists(missing)
+    # Downloaded files are named by URL: nothing is hashed.
+    public.public_builder("hh_rlhf", "pairs", str(data_dir), subsets="helpful-base")
+    assert len(calls) == 4
