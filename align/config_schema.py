@@ -73,6 +73,7 @@ BOUNDS: dict[str, Bound] = {
     "eval.temperature": _POS, "eval.top_k": _NONNEG, "eval.show_samples": _NONNEG,
     "mesh.data": Bound(ge=-1), "mesh.fsdp": Bound(ge=-1), "mesh.tensor": Bound(ge=-1),
     "distributed.num_processes": _NONNEG, "distributed.process_id": Bound(ge=-1),
+    "distributed.heartbeat_timeout_s": _COUNT,
     "logprobs.chunk_size": _NONNEG,
     "population.size": _COUNT, "population.eval_chunk": _NONNEG,
 }
@@ -174,7 +175,10 @@ def default_config() -> ConfigDict:
                    batch="data,fsdp")))
     c.distributed = ConfigDict(dict(
         # ""/0/-1 = take from the environment, or run as a single process.
-        coordinator_address="", num_processes=0, process_id=-1))
+        coordinator_address="", num_processes=0, process_id=-1,
+        # Seconds without a heartbeat after which a process counts as dead and every other
+        # process stops (with align/supervise.py's message naming it).
+        heartbeat_timeout_s=100))
     c.logprobs = ConfigDict(dict(chunk_size=0))
     c.population = ConfigDict(dict(
         # P members trained in one jit (align/train/population.py): size = P; sweep =

@@ -38,7 +38,9 @@ def initialize_distributed(dist_cfg: Mapping[str, Any] | None = None) -> None:
             raise ConfigError(
                 "distributed.process_id (or ALIGN_PROCESS_ID) must be set when "
                 f"distributed.num_processes={num} > 1", key="distributed.process_id")
-        jax.distributed.initialize(coordinator_address=address, num_processes=num, process_id=pid)
+        jax.distributed.initialize(
+            coordinator_address=address, num_processes=num, process_id=pid,
+            heartbeat_timeout_seconds=int(dist_cfg.get("heartbeat_timeout_s", 100)))
     elif num > 1:
         raise ConfigError(
             f"distributed.num_processes={num} but no coordinator address: set "

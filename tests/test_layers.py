@@ -11,7 +11,7 @@ The layers, top to bottom (README, "Layout"):
     samples, sampling                  a policy's samples (the KV-cache sampler)
     models, data                       modules; datasets, tokenizers, batches
     tasks                              the synthetic world
-    mesh, matmul, logprobs, config*, settings, atomic, summary, errors
+    mesh, matmul, logprobs, config*, settings, atomic, summary, errors, supervise
 """
 
 import ast
@@ -27,7 +27,7 @@ LAYERS = [
     ("models", "data"),
     ("tasks",),
     ("mesh", "matmul", "logprobs", "config", "config_io", "config_schema", "settings", "atomic",
-     "summary", "errors"),
+     "summary", "errors", "supervise"),
 ]
 LEVEL = {group: i for i, groups in enumerate(LAYERS) for group in groups}
 
