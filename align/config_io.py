@@ -6,6 +6,7 @@ Dimension letters: none (this module handles no arrays).
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -50,6 +51,54 @@ def absolute_paths(cfg: ConfigDict, workdir: str) -> ConfigDict:
         except ConfigError as e:
             raise ConfigError(f"config key '{key}': {e}", key=key) from None
     return validate(values)
+
+
+# ----------------------------------------------------------------------------- resuming
+
+# Settings that cannot change what a run computes, only how it is laid out, logged or shown:
+# they may differ when a run resumes (the difference is reported). Keys, or sections ending in
+# ".". The mesh may change because checkpoints are resharded on restore; the remat and chunk
+# settings trade memory for time.
+RESUMABLE_CHANGES = ("mesh.", "distributed.", "train.log_every", "train.eval_every",
+                     "train.progress", "train.checkpoint_every", "train.keep_checkpoints",
+                     "eval.show_samples", "model.remat", "logprobs.chunk_size",
+                     "population.eval_chunk")
+
+
+def differences(old: ConfigDict | Mapping, new: ConfigDict | Mapping) -> dict[str, tuple]:
+    """{dotted key: (old value, new value)} for every key whose value differs (a key present in
+    one config only counts, with None for the other)."""
+    a, b = _flat(config_to_dict(old)), _flat(config_to_dict(new))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if _tuples(a.get(k)) != _tuples(b.get(k))}
+
+
+def resumable(key: str) -> bool:
+    """Whether `key` may change when a run resumes (see RESUMABLE_CHANGES)."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES)
+
+
+def fmt_changes(changes: Mapping[str, tuple], limit: int = 6) -> str:
+    """"key old -> new, ..." on one line (at most `limit` keys, then a count)."""
+    items = [f"{k} {_fmt(o)!s} -> {_fmt(n)!s}" for k, (o, n) in changes.items()]
+    more = f", and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+HISTORY_FILE = "config_history.jsonl"
+
+
+def record_change(workdir: str, step: int, changes: Mapping[str, tuple], kind: str) -> str:
+    """Appends one line to workdir/config_history.jsonl: the step a run resumed from, the kind of
+    change ("settings": resumable keys only; "continued": a deliberate continuation) and each
+    key's old and new value. Returns the file's path."""
+    path = os.path.join(workdir, HISTORY_FILE)
+    line = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "resumed_from_step": step, "kind": kind,
+            "changes": {k: [o, n] for k, (o, n) in changes.items()}}
+    with open(path, "a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+    return path
 
 
 # ----------------------------------------------------------------------------- writing

@@ -9,6 +9,8 @@ This module imports nothing from align, so that any module may raise these.
 
 from __future__ import annotations
 
+import errno
+
 
 class InputError(Exception):
     """A problem in what the user gave (config, data, files, permissions, checkpoints), reported
@@ -37,3 +39,7 @@ class CheckpointError(InputError, ValueError):
 # gave. Anything else, ValueError included, is a bug and keeps its traceback.
 INPUT_ERRORS = (InputError, FileNotFoundError, PermissionError, IsADirectoryError,
                 NotADirectoryError)
+
+# The errno values of writes that fail because of the file system (full, over quota, too large,
+# read-only), which a command line reports as one line.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)

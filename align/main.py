@@ -16,10 +16,13 @@ import numpy as np
 
 from align import atomic
 from align import config as config_lib
+from align import config_io
 from align import errors
 from align import objectives  # registers every objective's settings before configs load
+from align import supervise
 from align.evaluate import best_of_n
 from align.evaluate import stats
+from align.train import checkpoint as ckpt_lib
 from align.train import evaluation, loop, runs
 from align.train import setup as setup_lib
 
@@ -34,6 +37,10 @@ def parse_args(argv, prog: str = "python -m align.main"):
                         help="config file, optionally with structural arguments: configs/x.py:k=v")
     parser.add_argument("--workdir", required=True, help="where checkpoints, metrics and the "
                         "resolved config are written (relative to the current directory)")
+    parser.add_argument("--continue-with-changes", action="store_true",
+                        help="resume a run whose config differs from the stored one in keys "
+                        "that change results, and record the change in the workdir's "
+                        "config_history.jsonl (without it such a resume is refused)")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for item in rest:
@@ -140,23 +147,72 @@ def finished_report(cfg, workdir: str) -> str | None:
         return f.read()
 
 
-def run(cfg, workdir: str) -> str:
+def _checkpoint_steps(workdir: str) -> list[int]:
+    """The complete checkpoint steps in workdir (by name; none are read)."""
+    return ckpt_lib.steps_in(os.path.join(workdir, "checkpoints"))
+
+
+def check_workdir(workdir: str) -> None:
+    """Makes `workdir` and proves it writable, or raises one line naming it and the cause."""
+    probe = os.path.join(workdir, f".align-write-test-{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok\n")
+        os.remove(probe)
+    except OSError as e:
+        raise errors.InputError(
+            f"the workdir {workdir} cannot be written ({e.strerror or type(e).__name__}); "
+            "choose another --workdir, or fix its permissions") from None
+
+
+def resume_changes(cfg, workdir: str, *, continue_with_changes: bool = False):
+    """How `cfg` differs from the config of the run already in `workdir`.
+
+    Returns (changes, kind): ({} , None) for a new run or the same config; kind "settings" when
+    only keys that cannot change a result differ (config_io.RESUMABLE_CHANGES); "continued" for
+    other differences under `continue_with_changes`. Other differences raise a ConfigError
+    naming the keys and both values: the checkpoints were trained with the stored ones.
+    """
+    previous = os.path.join(workdir, "config.json")
+    if not os.path.exists(previous):
+        return {}, None
+    old = config_lib.config_from_json(previous)
+    if old.objective.name != cfg.objective.name:
+        # Another objective's checkpoints may even have the same structure and would be picked
+        # up silently.
+        raise errors.InputError(f"{workdir} holds a {old.objective.name!r} run; "
+                                f"train {cfg.objective.name!r} in another workdir")
+    steps = _checkpoint_steps(workdir)
+    if not steps:
+        return {}, None  # nothing was trained with the stored config
+    changes = config_io.differences(old, cfg)
+    if not changes:
+        return {}, None
+    fixed = {k: v for k, v in changes.items() if not config_io.resumable(k)}
+    if fixed and not continue_with_changes:
+        raise config_lib.ConfigError(
+            f"{workdir} holds a run trained to step {max(steps)} with another config: "
+            f"{config_io.fmt_changes(fixed)} (stored -> given). Rerun with the stored values, "
+            f"train this config in another workdir, or add --continue-with-changes to continue "
+            f"this run with the new values (recorded in "
+            f"{os.path.join(workdir, config_io.HISTORY_FILE)})", key=next(iter(fixed)))
+    return changes, ("continued" if fixed else "settings")
+
+
+def run(cfg, workdir: str, *, continue_with_changes: bool = False) -> str:
     """Trains one config in `workdir` (after the run it starts from, if that is unfinished).
 
-    A run that has already finished is not touched: its report is returned as it is.
+    A run that has already finished is not touched: its report is returned as it is. A run
+    that resumes must have the same config, apart from settings that cannot change a result
+    (see `resume_changes`), unless `continue_with_changes`.
     """
     workdir = os.path.abspath(workdir)
     cfg = config_lib.absolute_paths(cfg, workdir)
     setup_lib.check_lengths(cfg, objectives.make(cfg.objective))
-    previous = os.path.join(workdir, "config.json")
-    if os.path.exists(previous):
-        # Resuming is only meaningful for the same kind of run: another objective's checkpoints
-        # may even have the same structure and would be picked up silently.
-        old = config_lib.config_from_json(previous)
-        if old.objective.name != cfg.objective.name:
-            raise errors.InputError(f"{workdir} holds a {old.objective.name!r} run; "
-                                    f"train {cfg.objective.name!r} in another workdir")
-    text = finished_report(cfg, workdir)
+    check_workdir(workdir)
+    changes, kind = resume_changes(cfg, workdir, continue_with_changes=continue_with_changes)
+    text = finished_report(cfg, workdir) if kind != "continued" else None
     if text is not None:
         print(f"== {cfg.objective.name} in {workdir}: finished ({cfg.train.steps} steps); "
               f"nothing to do. Report: {os.path.join(workdir, REPORT_FILE)}", flush=True)
@@ -170,18 +226,33 @@ def run(cfg, workdir: str) -> str:
             print(f"== first: {cfg.init.config} in {parent_dir}", flush=True)
             parent_text = run(config_lib.resolve(cfg.init.config, overrides), parent_dir)
             print(parent_text, flush=True)
-    os.makedirs(workdir, exist_ok=True)
-    config_lib.write_config(cfg, workdir)
+    if kind is None:
+        config_lib.write_config(cfg, workdir)
+
+    def on_resume(step: int) -> None:
+        # The stored config changes only once the checkpoints have restored into this one.
+        if kind is not None and step:
+            config_lib.write_config(cfg, workdir)
+            where = config_io.record_change(workdir, step, changes, kind)
+            what = ("continuing with new values" if kind == "continued"
+                    else "resuming with changed settings that cannot change a result")
+            print(f"{what}: {config_io.fmt_changes(changes)} (recorded in {where})", flush=True)
+
     print(f"== {cfg.objective.name} in {workdir}\n{config_lib.describe(cfg)}", flush=True)
     setup = setup_lib.build(cfg, workdir)
     try:
-        result = loop.train(setup)
+        result = loop.train(setup, on_resume=on_resume)
         text = report(cfg, setup, result)
         if setup.primary:
             atomic.write_text(os.path.join(workdir, REPORT_FILE), text)
-        return text
-    finally:
-        setup.close()
+    except BaseException:
+        try:
+            setup.close()
+        except OSError:
+            pass  # e.g. a full disk, which the error in flight already reports
+        raise
+    setup.close()
+    return text
 
 
 def main(argv=None, prog: str = "python -m align.main") -> int:
@@ -191,13 +262,23 @@ def main(argv=None, prog: str = "python -m align.main") -> int:
     except config_lib.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    # A process of a multi-process job runs under a supervisor, which names a peer that died.
+    code = supervise.run_supervised(
+        sys.argv[1:] if argv is None else list(argv),
+        num_processes=cfg.distributed.num_processes, process_id=cfg.distributed.process_id,
+        workdir=args.workdir, prog=prog)
+    if code is not None:
+        return code
     logging.basicConfig(level=logging.WARNING)
 
     try:
-        text = run(cfg, args.workdir)
+        text = run(cfg, args.workdir, continue_with_changes=args.continue_with_changes)
     except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except loop.Preempted as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return e.exit_code
     except config_lib.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -207,6 +288,14 @@ def main(argv=None, prog: str = "python -m align.main") -> int:
         if os.environ.get("ALIGN_TRACEBACK"):
             raise
         print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in errors.WRITE_ERRNOS or os.environ.get("ALIGN_TRACEBACK"):
+            raise
+        # The file system's fault, not the code's: a full disk, a quota, a read-only mount.
+        print(f"error: {e.strerror} writing {e.filename or 'a file'}; the checkpoints already "
+              f"written are intact: fix the cause and rerun the same command to resume",
+              file=sys.stderr)
         return 2
     print(text, flush=True)
     return 0

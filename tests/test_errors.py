@@ -18,7 +18,7 @@ def _main(tmp_path, *args):
 
 
 def _raising(error):
-    def run(cfg, workdir):
+    def run(cfg, workdir, **kwargs):
         raise error
     return run
 
@@ -62,7 +62,7 @@ def test_align_traceback_shows_where_an_input_error_was_raised(tmp_path, monkeyp
 
 
 def test_a_value_error_that_is_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
-    def shape_bug(cfg, workdir):
+    def shape_bug(cfg, workdir, **kwargs):
         raise ValueError("shape bug: [8, 16] vs [8, 15]")
 
     monkeypatch.delenv("ALIGN_TRACEBACK", raising=False)

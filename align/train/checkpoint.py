@@ -4,21 +4,46 @@ Step = number of optimizer steps completed. Saves are synchronous (simpler than 
 mode; `save` returns once the step is on disk). Orbax writes each step into
 `<step>.orbax-checkpoint-tmp*` and renames it to `<step>` only when complete, so a process killed
 mid-save leaves a temporary directory that is never listed as a step (and is removed when the next
-Checkpointer opens the directory). An unreadable newest step is reported, renamed to
-`<step>.unreadable` and replaced by the previous one. Every process calls every method; Orbax lets
-only process 0 write shared files.
+Checkpointer opens the directory). Every process calls every method; Orbax lets only process 0
+write shared files.
+
+Verified restore. Beside the state and the JSON host state ("extra"), each step holds a
+manifest: every array's path, shape, dtype and a 64-bit checksum of its bits, the SHA-256 of the
+host state, and the SHA-256 of the manifest itself. The checksum is computed on the devices, in
+whatever sharding the array has, as a sum over elements (mod 2**32) of a mixing hash of (bits,
+flat index), twice with different seeds; an integer sum does not depend on the order of the
+reduction, so it is the same for one device or a mesh, and every single flipped bit changes it.
+On restore the manifest is read first:
+
+- a step whose manifest, arrays or host state do not match (flipped bytes, truncated or
+  deleted files), or whose host state the caller rejects (`accept`), is unreadable: it is
+  reported, renamed to `<step>.unreadable` once an older step restores, and the previous step is
+  tried;
+- a manifest whose array names, shapes or dtypes differ from the requested state means that the
+  checkpoints belong to another model or objective: a `CheckpointError` in one sentence, and
+  nothing is renamed;
+- a step written before manifests existed restores unverified, with a warning.
+
+Errors are one sentence; the full exception of each failed step goes to `debug.log` beside the
+checkpoint directory.
 """
 # Dimensions: none; state leaves keep whatever shapes and shardings the trainer gives them.
 from __future__ import annotations
 
 import base64
+import datetime
+import errno
+import hashlib
+import json
 import logging
 import operator
 import os
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -32,23 +57,46 @@ log = logging.getLogger(__name__)
 _BYTES_TAG = "__bytes__"
 _TUPLE_TAG = "__tuple__"
 _UNREADABLE_SUFFIX = ".unreadable"
+_MANIFEST_FORMAT = 1
+DEBUG_LOG = "debug.log"  # beside the checkpoint directory, i.e. in the run's workdir
 
 
-class _DropOrbaxChatter(logging.Filter):
-    """Drops Orbax's below-warning records, which it emits several times per save."""
+class DamagedCheckpoint(Exception):
+    """One step's files do not match its manifest (or its host state was rejected)."""
+
+
+class _OrbaxToDebugLog(logging.Filter):
+    """Keeps Orbax's records off the console: its warnings and errors (which come with
+    tracebacks and TensorStore specs, several per failed read or write) go to the debug log of
+    the newest Checkpointer, and the rest (several info lines per save) nowhere. What went
+    wrong reaches the console as one sentence of ours."""
+
+    def __init__(self):
+        super().__init__()
+        self.path: str | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
+        if f"{os.sep}orbax{os.sep}" not in record.pathname:
             return True
-        return f"{os.sep}orbax{os.sep}" not in record.pathname
+        if record.levelno >= logging.WARNING and self.path:
+            text = logging.Formatter("%(asctime)s %(levelname)s orbax: %(message)s").format(record)
+            try:
+                with open(self.path, "a") as f:
+                    f.write(text + "\n")
+            except OSError:
+                pass
+        return False
 
 
-def _quiet_orbax() -> None:
+def _quiet_orbax(debug_log: str) -> None:
     # Orbax logs through absl's logger, shared with other libraries, so filter by source file
     # rather than lowering the whole logger's level.
     absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _DropOrbaxChatter) for f in absl_logger.filters):
-        absl_logger.addFilter(_DropOrbaxChatter())
+    mine = [f for f in absl_logger.filters if isinstance(f, _OrbaxToDebugLog)]
+    if not mine:
+        mine = [_OrbaxToDebugLog()]
+        absl_logger.addFilter(mine[0])
+    mine[0].path = debug_log
 
 
 def _encode(value: Any, where: str) -> Any:
@@ -93,6 +141,133 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _fmix32(h):
+    """MurmurHash3's 32-bit finaliser: every input bit affects every output bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _words(x):
+    """The bits of `x` as uint32 words: one per element, two (a trailing axis) for 8-byte ones."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    if x.dtype.itemsize == 4:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    if x.dtype.itemsize in (1, 2):
+        unsigned = jnp.uint8 if x.dtype.itemsize == 1 else jnp.uint16
+        return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    if x.dtype.itemsize == 8:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    raise TypeError(f"no checksum for dtype {x.dtype}")
+
+
+@jax.jit
+def _block_checksum(x, starts, strides):
+    """Two 32-bit sums of hash(bits, global flat index) over a block of an array's words
+    (`starts`: the block's offset in the global array of words; `strides`: that array's)."""
+    words = _words(x)
+    index = jnp.zeros(words.shape, jnp.uint32)
+    for axis in range(words.ndim):
+        index = index + (starts[axis] + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis)
+                         ) * strides[axis]
+    sums = []
+    for seed in (0x9E3779B9, 0x7F4A7C15):
+        term = _fmix32(words ^ _fmix32(index * jnp.uint32(0x01000193) + jnp.uint32(seed)))
+        sums.append(jnp.sum(term, dtype=jnp.uint32))
+    return jnp.stack(sums)
+
+
+def _word_shape(leaf) -> tuple[int, ...]:
+    shape = tuple(leaf.shape)
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return shape + tuple(jax.random.key_data(leaf).shape[len(shape):])
+    itemsize = jnp.dtype(leaf.dtype).itemsize
+    return shape + (2,) if itemsize == 8 and leaf.dtype != jnp.bool_ else shape
+
+
+def _describe(leaf) -> str:
+    return f"{tuple(leaf.shape)} {jnp.dtype(leaf.dtype).name}"
+
+
+def array_checksums(state: Any) -> dict[str, list]:
+    """{path: [shape, dtype, checksum hex]} of every array of `state`.
+
+    Each process sums the blocks it holds (one replica of each), each on its own device, so
+    no computation spans processes; the per-process sums are then added up (mod 2**32) with
+    one all-gather. The result does not depend on the sharding.
+    """
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    paths = [jax.tree_util.keystr(p) for p, _ in flat]
+    leaves = [x if isinstance(x, jax.Array) else jnp.asarray(x) for _, x in flat]
+    pending = []
+    for i, leaf in enumerate(leaves):
+        shape = _word_shape(leaf)
+        strides = [int(np.prod(shape[k + 1:], dtype=np.uint64)) % 2**32 for k in range(len(shape))]
+        for shard in leaf.addressable_shards:
+            if shard.replica_id != 0:
+                continue
+            starts = [sl.start or 0 for sl in shard.index]
+            starts += [0] * (len(shape) - len(starts))
+            pending.append((i, _block_checksum(shard.data, np.asarray(starts, np.uint32),
+                                               np.asarray(strides, np.uint32))))
+    sums = np.zeros((len(leaves), 2), np.uint64)
+    for i, value in pending:
+        sums[i] += np.asarray(value, np.uint64)
+    sums %= 2**32
+    if jax.process_count() > 1:  # uint32 across (jax has no 64-bit integers by default)
+        gathered = multihost_utils.process_allgather(sums.astype(np.uint32))
+        sums = np.sum(np.asarray(gathered, np.uint64), axis=0) % 2**32
+    return {path: [list(leaf.shape), jnp.dtype(leaf.dtype).name,
+                   "".join(f"{int(v):08x}" for v in sums[i])]
+            for i, (path, leaf) in enumerate(zip(paths, leaves))}
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _manifest(state: Any, encoded_extra: Any) -> dict:
+    body = {"format": _MANIFEST_FORMAT, "arrays": array_checksums(state),
+            "extra": _digest(encoded_extra)}
+    return {**body, "self": _digest(body)}
+
+
+def _check_manifest(manifest: Any) -> dict:
+    """The manifest's body; raises DamagedCheckpoint if it is malformed or altered."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays"), dict):
+        raise DamagedCheckpoint("its manifest is malformed")
+    body = {k: v for k, v in manifest.items() if k != "self"}
+    if manifest.get("self") != _digest(body):
+        raise DamagedCheckpoint("its manifest does not match its own checksum (the file was "
+                                "changed or damaged)")
+    if body.get("format") != _MANIFEST_FORMAT:
+        raise DamagedCheckpoint(f"its manifest has format {body.get('format')!r}, expected "
+                                f"{_MANIFEST_FORMAT}")
+    return body
+
+
+def _fit(arrays: Mapping[str, list], abstract: Any) -> list[str]:
+    """How the manifest's arrays differ from the requested state's (empty when they fit)."""
+    wanted = {jax.tree_util.keystr(p): leaf
+              for p, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    problems = []
+    for path, leaf in wanted.items():
+        if path not in arrays:
+            problems.append(f"{path} is not in the checkpoint")
+        elif (list(leaf.shape), jnp.dtype(leaf.dtype).name) != tuple(arrays[path][:2]):
+            shape, dtype = arrays[path][:2]
+            problems.append(f"{path} is {tuple(shape)} {dtype} there and {_describe(leaf)} here")
+    problems += [f"{path} is in the checkpoint but not in this run's state"
+                 for path in arrays if path not in wanted]
+    return sorted(problems, key=lambda p: not p.startswith("['params']"))  # parameters first
+
+
 def _abstract(abstract_state: Any) -> Any:
     """Returns `abstract_state` as ShapeDtypeStructs; every leaf must carry a sharding."""
 
@@ -115,6 +290,36 @@ def _everywhere(ok: bool) -> bool:
     return bool(np.all(flags))
 
 
+_WRITE_FAILURES = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EFBIG: "file too large", errno.EROFS: "read-only file system",
+                   errno.EACCES: "permission denied"}
+
+
+def _write_failure(error: BaseException) -> str | None:
+    """The cause of a failed write in a few words when it is the file system's (no space, quota,
+    permissions), else None. TensorStore reports these as text, not as OSError."""
+    for e in (error, error.__cause__, error.__context__):
+        if isinstance(e, OSError) and e.errno in _WRITE_FAILURES:
+            return _WRITE_FAILURES[e.errno]
+    text = str(error).lower()
+    for code, words in _WRITE_FAILURES.items():
+        if words in text or os.strerror(code).lower() in text:
+            return words
+    return None
+
+
+def _cause(error: BaseException) -> str:
+    """One short sentence of why a step is unreadable (the whole error goes to the debug log)."""
+    if isinstance(error, DamagedCheckpoint):
+        return str(error)
+    text = " ".join(str(error).split())
+    if isinstance(error, FileNotFoundError) or "not found" in text.lower() or "NOT_FOUND" in text:
+        return "some of its files are missing"
+    if len(text) > 160:
+        text = text[:160] + " ..."
+    return f"{type(error).__name__}: {text}"
+
+
 def _short(error: BaseException) -> str:
     """Returns the error's type and message on one bounded line, for log messages."""
     text = " ".join(str(error).split())
@@ -123,18 +328,35 @@ def _short(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+def steps_in(directory: str) -> list[int]:
+    """The complete checkpoint steps in `directory`, by their names alone (no Orbax, no JAX: a
+    multi-process run may call this before jax.distributed starts). A step being written, or
+    one set aside as unreadable, has another name."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory)
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
 class Checkpointer:
     """Saves and restores (train state, JSON host state) per step; keeps the `keep` newest."""
 
-    def __init__(self, directory: str, *, keep: int = 3, primary: bool | None = None):
+    def __init__(self, directory: str, *, keep: int = 3, primary: bool | None = None,
+                 debug_log: str | None = None):
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
             raise ValueError(f"Checkpointer: keep must be an int >= 1, got {keep!r}")
-        _quiet_orbax()
         # Orbax refuses relative paths (0.12.8 and later), so the directory is made absolute here.
         self.directory = epath.Path(os.path.abspath(os.fspath(directory)))
         self.keep = keep
         # Only the primary process reports fallbacks, so a pod prints each message once.
         self._primary = jax.process_index() == 0 if primary is None else bool(primary)
+        self.debug_log = debug_log or os.path.join(os.path.dirname(os.fspath(self.directory)),
+                                                   DEBUG_LOG)
+        _quiet_orbax(self.debug_log if self._primary else None)
+        # How each step this object saved or restored is known to be good: "saved" (written
+        # here with its manifest), "verified" (restored and matched its manifest) or
+        # "unverified" (restored from a step written without a manifest).
+        self.provenance: dict[int, str] = {}
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=False,
             preservation_policy=ocp.checkpoint_managers.LatestN(n=keep),
@@ -144,7 +366,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def save(self, step: int, state: Any, *, extra: Mapping[str, Any]) -> None:
-        """Writes `state` (pytree of arrays) and `extra` (JSON host state) as checkpoint `step`."""
+        """Writes `state` (pytree of arrays), `extra` (JSON host state) and their manifest as
+        checkpoint `step`."""
         step = operator.index(step)
         if step < 0:
             raise ValueError(f"save: step must be >= 0, got {step}")
@@ -162,19 +385,54 @@ class Checkpointer:
             raise ValueError(
                 f"save: step {step} is older than the newest checkpoint (step {max(steps)}) in "
                 f"{self.directory}; restore from it or use a fresh directory")
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(encoded)),
-            force=True,  # which steps to save is the caller's decision, not a save policy's
-        )
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(encoded),
+                    manifest=ocp.args.JsonSave(_manifest(state, encoded))),
+                force=True,  # which steps to save is the caller's decision, not a save policy's
+            )
+        except Exception as e:  # pylint: disable=broad-except
+            cause = _write_failure(e)
+            if cause is None:
+                raise
+            self._debug(f"writing checkpoint step {step} in {self.directory} failed", e)
+            newest = max(steps) if steps else None
+            kept = (f"the earlier checkpoints are intact (newest: step {newest})"
+                    if newest is not None else "there is no earlier checkpoint")
+            raise CheckpointError(
+                f"could not write the checkpoint of step {step} in {self.directory}: {cause}; "
+                f"{kept}. Free space (or fix the cause) and rerun the same command to resume "
+                f"(details in {self.debug_log})") from None
+        self.provenance[step] = "saved"
 
     def latest_step(self) -> int | None:
         """Returns the newest complete checkpoint step (it may still prove unreadable), or None."""
         return self._manager.latest_step()
 
-    def restore(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
-        """Returns the newest readable (state, extra, step) in the given shardings, or None."""
+    def describe_latest(self) -> str:
+        """The newest step and how it is known to be good, for messages."""
+        step = self.latest_step()
+        if step is None:
+            return f"there is no checkpoint in {self.directory}"
+        how = {"saved": "written by this run with checksums of every array; a rerun verifies "
+                        "them and falls back to an older step on a mismatch",
+               "verified": "restored by this run and verified against its checksums",
+               "unverified": "restored by this run without verification: it was written "
+                             "without checksums"}.get(
+            self.provenance.get(step),
+            "not yet verified; a rerun verifies it against its checksums and falls back to an "
+            "older step on a mismatch")
+        return f"the newest checkpoint is step {step} in {self.directory} ({how})"
+
+    def restore(self, abstract_state: Any, *, accept=None) -> tuple[Any, dict, int] | None:
+        """Returns the newest readable (state, extra, step) in the given shardings, or None.
+
+        A step is readable when its arrays and host state match its manifest and
+        `accept(extra)`, if given, returns without raising (it raises ValueError, TypeError or
+        KeyError for host state it cannot use, e.g. a data-loader state of another format).
+        """
         abstract = _abstract(abstract_state)
         self._manager.reload()
         steps = sorted(self._manager.all_steps(), reverse=True)
@@ -184,18 +442,25 @@ class Checkpointer:
         for step in steps:
             restored, error = None, None
             try:
-                restored = self._read(step, abstract)
+                restored = self._read(step, abstract, accept)
+            except CheckpointError:
+                raise  # the checkpoints do not fit this run: no older step would either
             except Exception as e:  # pylint: disable=broad-except
                 # Any read error (missing, truncated, garbled files) means this step is unusable.
                 error = e
+                self._debug(f"checkpoint step {step} in {self.directory} is unreadable", e)
             if not _everywhere(error is None):
-                reason = _short(error) if error is not None else "unreadable on another process"
+                reason = _cause(error) if error is not None else "unreadable on another process"
                 failures.append((step, reason))
                 if self._primary:
                     log.warning("checkpoint step %d in %s is unreadable (%s); trying an older step",
                                 step, self.directory, reason)
                 continue
-            state, extra = restored
+            state, extra, verified = restored
+            self.provenance[step] = "verified" if verified else "unverified"
+            if not verified and self._primary:
+                log.warning("checkpoint step %d in %s was written without checksums; restored "
+                            "it unverified", step, self.directory)
             if failures:
                 bad = [s for s, _ in failures]
                 self._set_aside(bad)
@@ -205,7 +470,8 @@ class Checkpointer:
                                 _UNREADABLE_SUFFIX)
             return state, extra, step
         detail = "; ".join(f"step {s}: {reason}" for s, reason in failures)
-        raise CheckpointError(f"no readable checkpoint in {self.directory}: {detail}")
+        raise CheckpointError(f"no readable checkpoint in {self.directory}: {detail} (details "
+                              f"in {self.debug_log})")
 
     def close(self) -> None:
         """Releases Orbax's resources."""
@@ -217,8 +483,26 @@ class Checkpointer:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _read(self, step: int, abstract: Any) -> tuple[Any, dict]:
-        """Returns (state, extra) of `step`; raises on any missing or malformed part."""
+    def _step_dir(self, step: int) -> epath.Path:
+        return self.directory / str(step)
+
+    def _read(self, step: int, abstract: Any, accept) -> tuple[Any, dict, bool]:
+        """Returns (state, extra, verified) of `step`; raises on any missing, malformed or
+        mismatched part, and CheckpointError when the step holds another model's state."""
+        body = None
+        if (self._step_dir(step) / "manifest").exists():
+            manifest = self._manager.restore(
+                step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore())).manifest
+            body = _check_manifest(manifest)
+            problems = _fit(body["arrays"], abstract)
+            if problems:
+                self._debug(f"checkpoint step {step} in {self.directory} does not fit the "
+                            "requested state:\n" + "\n".join(problems))
+                more = f" (and {len(problems) - 1} more difference(s))" if len(problems) > 1 else ""
+                raise CheckpointError(
+                    f"the checkpoints in {self.directory} hold another model or train state: "
+                    f"{problems[0]}{more}; train this config in another workdir (all "
+                    f"differences are in {self.debug_log})")
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -226,10 +510,37 @@ class Checkpointer:
         )
         state, extra = restored.state, restored.extra
         if state is None:
-            raise ValueError("the 'state' item is missing")
+            raise DamagedCheckpoint("the 'state' item is missing")
         if not isinstance(extra, dict):
-            raise ValueError(f"the 'extra' item is {type(extra).__name__}, expected a dict")
-        return state, _decode(extra)
+            raise DamagedCheckpoint(f"the 'extra' item is {type(extra).__name__}, expected a dict")
+        if body is not None:
+            if _digest(extra) != body["extra"]:
+                raise DamagedCheckpoint("its host state (extra) does not match its checksum")
+            got = array_checksums(state)
+            bad = [path for path, entry in body["arrays"].items() if got[path][2] != entry[2]]
+            if bad:
+                raise DamagedCheckpoint(
+                    f"{len(bad)} array(s) do not match the checksums recorded when they were "
+                    f"saved, e.g. {bad[0]} (the files were changed or damaged)")
+        extra = _decode(extra)
+        if accept is not None:
+            try:
+                accept(extra)
+            except (ValueError, TypeError, KeyError) as e:
+                raise DamagedCheckpoint(f"its host state is unusable ({_short(e)})") from e
+        return state, extra, body is not None
+
+    def _debug(self, title: str, error: BaseException | None = None) -> None:
+        """Appends `title` and the error's traceback to the debug log (best effort)."""
+        if not self._primary:
+            return
+        text = "".join(traceback.format_exception(error)) if error is not None else ""
+        stamp = datetime.datetime.now().isoformat(timespec="seconds")
+        try:
+            with open(self.debug_log, "a") as f:
+                f.write(f"== {stamp} {title}\n{text}\n")
+        except OSError:
+            pass  # the log is a convenience; the message itself names the cause
 
     def _set_aside(self, steps: list[int]) -> None:
         """Renames unreadable step directories so that they are no longer listed as steps."""

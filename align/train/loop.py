@@ -27,12 +27,15 @@ from align.train import evaluation
 from align.train import metrics as metrics_lib
 from align.train import online as online_lib
 from align.train import population as population_lib
+from align.train import preemption
 from align.train import reference as reference_lib
 from align.train import setup as setup_lib
 from align.train import state as state_lib
 from align.train.setup import Setup, build
 
-__all__ = ["NonFiniteLossError", "Setup", "advance", "build", "restore_or_init", "train",
+Preempted = preemption.Preempted
+
+__all__ = ["NonFiniteLossError", "Preempted", "Setup", "advance", "build", "restore_or_init", "train",
            "train_iterator"]
 
 
@@ -97,12 +100,13 @@ def restore_or_init(setup: Setup, train_iter):
     metrics.jsonl never holds a step twice: everything after the checkpoint (all of it when
     there is none), and at the last step the final evaluation, written after its save.
     """
-    restored = setup.checkpointer.restore(setup.spec.abstract)
+    # A step whose data-loader state the iterator cannot take is unreadable like a damaged one.
+    restored = setup.checkpointer.restore(
+        setup.spec.abstract, accept=lambda extra: train_iter.set_state(extra["data"]))
     if restored is None:
         setup.writer.truncate_after(-1)
         return initial_state(setup), 0
     state, extra, step = restored
-    train_iter.set_state(extra["data"])
     setup.writer.truncate_after(step, train_only_at_step=step >= setup.cfg.train.steps)
     return state, step
 
@@ -137,9 +141,8 @@ def _read(setup: Setup, metrics, step: int) -> dict[str, Any]:
             where = f" of population member(s) {bad} ({setup.workdir}/population.json)"
         raise NonFiniteLossError(
             f"non-finite loss ({host['loss']}) or gradient norm ({host['grad_norm']}){where} at step "
-            f"{step}; the update was not applied and training stopped. The last good "
-            f"checkpoint is step {setup.checkpointer.latest_step()} in "
-            f"{os.path.join(setup.workdir, 'checkpoints')}")
+            f"{step}; the update was not applied and training stopped; "
+            f"{setup.checkpointer.describe_latest()}")
     return {k: (float(v) if np.ndim(v) == 0 else np.asarray(v)) for k, v in host.items()}
 
 
@@ -204,16 +207,20 @@ def write_artifacts(setup: Setup, state) -> dict[str, Any]:
     return artifacts
 
 
-def train(setup: Setup) -> dict[str, Any]:
+def train(setup: Setup, *, on_resume=None) -> dict[str, Any]:
     """Trains to cfg.train.steps (resuming from the newest checkpoint) and evaluates.
 
-    Returns {"step", "eval": final metrics, "samples": final evaluation samples, and the
-    objective's artifacts by name}.
+    `on_resume(step)`, if given, is called once the state is restored (step 0 for a fresh
+    state). On SIGTERM or SIGINT the current step is finished and saved, and `Preempted` is
+    raised (align.train.preemption). Returns {"step", "eval": final metrics, "samples": final
+    evaluation samples, and the objective's artifacts by name}.
     """
     cfg = setup.cfg
     total, log_every = cfg.train.steps, cfg.train.log_every
     train_iter = train_iterator(setup)
     state, step = restore_or_init(setup, train_iter)
+    if on_resume is not None:
+        on_resume(step)
     progress = metrics_lib.Progress(total, step, enabled=cfg.train.progress and setup.primary,
                                     log_every=log_every)
     if step:
@@ -241,22 +248,33 @@ def train(setup: Setup) -> dict[str, Any]:
             clock.reset()
 
     try:
-        while step < total:
-            state, metrics, n_tokens = advance(setup, state, next(train_iter), step)
-            flush()  # the previous step's metrics, read while this one runs
-            step += 1
-            pending = (step, metrics, n_tokens)
-            evaluate_now = cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total
-            save_now = step % cfg.train.checkpoint_every == 0 or step == total
-            if evaluate_now or save_now:
-                flush()  # never evaluate or save past a step whose metrics were not checked
-            if evaluate_now:
-                progress.write(evaluation.summary(step, *evaluation.evaluate(setup, state, step)))
-            if save_now:
-                save(setup, state, step, train_iter)
-            if evaluate_now or save_now:
-                clock.resume()
-        flush()
+        with preemption.Watch() as watch:
+            while step < total:
+                state, metrics, n_tokens = advance(setup, state, next(train_iter), step)
+                flush()  # the previous step's metrics, read while this one runs
+                step += 1
+                pending = (step, metrics, n_tokens)
+                stop_at = watch.stop_step(step, total)
+                if stop_at is not None and step >= stop_at:
+                    flush()
+                    save(setup, state, step, train_iter)
+                    raise Preempted(
+                        f"stopped by {watch.signal_name()} after step {step} of {total}: wrote the "
+                        f"checkpoint of step {step} in {setup.checkpointer.directory}; rerun the "
+                        "same command to resume from it", watch.signum)
+                evaluate_now = (cfg.train.eval_every and step % cfg.train.eval_every == 0
+                                and step < total)
+                save_now = step % cfg.train.checkpoint_every == 0 or step == total
+                if evaluate_now or save_now:
+                    flush()  # never evaluate or save past a step whose metrics were not checked
+                if evaluate_now:
+                    progress.write(
+                        evaluation.summary(step, *evaluation.evaluate(setup, state, step)))
+                if save_now:
+                    save(setup, state, step, train_iter)
+                if evaluate_now or save_now:
+                    clock.resume()
+            flush()
     finally:
         progress.close()
     metrics, samples = evaluation.evaluate(setup, state, step)

@@ -205,21 +205,47 @@ class MetricWriter:
             self._tb.flush()
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._members_file is not None:
-            self._members_file.close()
-            self._members_file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        """Closes every file, even when one fails to flush (e.g. a full disk); then raises the
+        first failure."""
+        failures = []
+        for name in ("_file", "_members_file"):
+            handle = getattr(self, name)
+            setattr(self, name, None)
+            if handle is not None:
+                try:
+                    handle.close()
+                except OSError as e:
+                    failures.append(e)
+        tb, self._tb = self._tb, None
+        if tb is not None:
+            try:
+                tb.close()
+            except OSError as e:
+                failures.append(e)
+                _abandon(tb)
+        if failures:
+            raise failures[0]
 
     def __enter__(self) -> "MetricWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _abandon(tb) -> None:
+    """Marks the event files of a TensorBoard writer whose close failed as closed and stops
+    their threads: otherwise tensorboardX retries the close at exit and prints a second
+    traceback of the same failure (private attributes of tensorboardX 2.x; best effort)."""
+    for file_writer in list((getattr(tb, "all_writers", None) or {}).values()):
+        events = getattr(file_writer, "event_writer", None)
+        if events is None:
+            continue
+        try:
+            events._worker.stop()  # pylint: disable=protected-access
+        except Exception:  # pylint: disable=broad-except
+            pass  # it is being abandoned; its own error was already reported
+        events._closed = True  # pylint: disable=protected-access
 
 
 def _short(x: float) -> str:

@@ -127,12 +127,10 @@ def read_run(workdir: str) -> Run | None:
     cfg = config_lib.config_from_json(cfg_path)
     with open(model_path) as f:
         model_cfg = transformer.TransformerConfig(**json.load(f))
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    latest = None
-    if os.path.isdir(ckpt_dir):
-        with ckpt_lib.Checkpointer(ckpt_dir) as ckpt:
-            latest = ckpt.latest_step()
-    return Run(workdir, cfg, model_cfg, latest)
+    # By directory names: opening a Checkpointer would start JAX's backend, which a
+    # multi-process run must not do before jax.distributed starts.
+    steps = ckpt_lib.steps_in(os.path.join(workdir, "checkpoints"))
+    return Run(workdir, cfg, model_cfg, steps[-1] if steps else None)
 
 
 def require_finished(path: str, workdir: str) -> Run:

@@ -92,8 +92,11 @@ class Setup:
         return self.objective.model.is_policy
 
     def close(self) -> None:
-        self.checkpointer.close()
-        self.writer.close()
+        """Closes the checkpointer and the metric writer (both, even if the first fails)."""
+        try:
+            self.checkpointer.close()
+        finally:
+            self.writer.close()
 
 
 def model_config(cfg, vocab_size: int) -> transformer.TransformerConfig:

@@ -3,6 +3,7 @@
 process, and the checkpoints already written are kept; a normal run and SIGTERM go through the
 supervisor unchanged."""
 
+import json
 import os
 import signal
 import socket
@@ -182,21 +183,70 @@ def test_one_process_and_the_child_itself_are_not_supervised(monkeypatch):
                                     prog="p") is None
 
 
-def test_a_normal_two_process_run_exits_0_through_the_supervisor(tmp_path):
-    workdir = tmp_path / "run"
-    logs = [open(tmp_path / f"log{i}", "w+") for i in range(2)]
-    procs = [_supervisor(2, i, workdir, a, logs[i])
-             for i, a in enumerate(_two_process_args(tmp_path, steps=2, every=2))]
+def _run_two(tmp_path, workdir, args, name):
+    logs = [open(tmp_path / f"{name}{i}", "w+") for i in range(2)]
+    procs = [_supervisor(2, i, workdir, a, logs[i]) for i, a in enumerate(args)]
+    return procs, logs
+
+
+def _texts(logs):
+    out = []
+    for log in logs:
+        log.seek(0)
+        out.append(log.read())
+    return out
+
+
+def _manifest(workdir, step):
+    path = os.path.join(workdir, "checkpoints", str(step), "manifest", "metadata")
+    with open(path) as f:
+        return json.load(f)["arrays"]
+
+
+def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_is_bit_identical(tmp_path):
+    """A normal two-process run exits 0 through the supervisors; a SIGTERM to one process of
+    another makes both save the same step and exit 143; their rerun ends bit-identical."""
+    steps = 150
+    every_step = ["--config.train.log_every=1"]
+    args = [a + every_step for a in _two_process_args(tmp_path, steps=steps, every=1000)]
+    procs, logs = _run_two(tmp_path, tmp_path / "ref", args, "ref")
     try:
         codes = [p.wait(timeout=400) for p in procs]
     finally:
         _stop(procs)
-    for i, log in enumerate(logs):
-        log.seek(0)
-        text = log.read()
-        assert codes[i] == 0, text[-3000:]
+    for code, text in zip(codes, _texts(logs)):
+        assert code == 0, text[-3000:]
         assert "error: process" not in text
-    assert supervise.checkpoint_steps(str(workdir)) == [2]
+    assert supervise.checkpoint_steps(str(tmp_path / "ref")) == [steps]
+
+    workdir = tmp_path / "run"
+    args = [a + every_step for a in _two_process_args(tmp_path, steps=steps, every=1000)]
+    procs, logs = _run_two(tmp_path, workdir, args, "run")
+    try:
+        metrics = workdir / "metrics.jsonl"
+        _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, 400,
+                  procs, "training")
+        procs[1].send_signal(signal.SIGTERM)  # forwarded to process 1's training child only
+        codes = [p.wait(timeout=BOUND_S * 2) for p in procs]
+    finally:
+        _stop(procs)
+    texts = _texts(logs)
+    for code, text in zip(codes, texts):
+        assert code == 128 + signal.SIGTERM, text[-3000:]
+    [saved] = supervise.checkpoint_steps(str(workdir))
+    assert 0 < saved < steps
+    for text in texts:
+        assert f"stopped by SIGTERM after step {saved} of {steps}" in text, text[-2000:]
+
+    args = [a + every_step for a in _two_process_args(tmp_path, steps=steps, every=1000)]
+    procs, logs = _run_two(tmp_path, workdir, args, "resume")
+    try:
+        codes = [p.wait(timeout=400) for p in procs]
+    finally:
+        _stop(procs)
+    for code, text in zip(codes, _texts(logs)):
+        assert code == 0, text[-3000:]
+    assert _manifest(tmp_path / "ref", steps) == _manifest(workdir, steps)
 
 
 @pytest.mark.parametrize("victim", [1, 0])
