@@ -123,38 +123,36 @@ def test_kill_9_at_random_points_then_resume_is_bit_identical(family, data_dir, 
     _assert_identical(tmp_path / "ref", run)
 
 
-def test_sigterm_writes_a_checkpoint_and_resume_is_bit_identical(data_dir, tmp_path):
-    config = FAMILIES["offline"]
-    ref = _run(config, tmp_path / "ref", data_dir, "--config.train.checkpoint_every=1000")
+ONLY_AT_THE_END = "--config.train.checkpoint_every=1000"  # so a rerun resumes from the emergency one
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    ref = _run(FAMILIES["offline"], workdir, data_dir, ONLY_AT_THE_END)
     assert ref.returncode == 0, ref.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_writes_a_checkpoint_and_resume_is_bit_identical(sig, data_dir, tmp_path,
+                                                                  uninterrupted):
+    config = FAMILIES["offline"]
     run = tmp_path / "run"
-    # Checkpoints only at the end, so everything the rerun resumes from is the emergency one.
-    proc = _start(config, run, data_dir, "--config.train.checkpoint_every=1000")
+    proc = _start(config, run, data_dir, ONLY_AT_THE_END)
     _wait_for(proc, lambda: _trained_steps(run) >= 5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert proc.returncode == 128 + sig, err[-3000:]
     [step] = _steps(run)
     assert 5 <= step < STEPS
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"stopped by SIGTERM after step {step} of {STEPS}: wrote the "
-                           f"checkpoint of step {step}"), last
-    done = _run(config, run, data_dir, "--config.train.checkpoint_every=1000")
+    assert last.startswith(f"stopped by {signal.Signals(sig).name} after step {step} of "
+                           f"{STEPS}: wrote the checkpoint of step {step}"), last
+    done = _run(config, run, data_dir, ONLY_AT_THE_END)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resumed from the checkpoint of step {step}" in done.stdout
-    _assert_identical(tmp_path / "ref", run)
-
-
-def test_sigint_stops_the_same_way(data_dir, tmp_path):
-    config = FAMILIES["offline"]
-    run = tmp_path / "run"
-    proc = _start(config, run, data_dir, "--config.train.checkpoint_every=1000")
-    _wait_for(proc, lambda: _trained_steps(run) >= 3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
-    assert "stopped by SIGINT after step" in err
-    assert len(_steps(run)) == 1
+    _assert_identical(uninterrupted, run)
 
 
 def test_config_change_on_resume_is_refused_and_nothing_is_overwritten(data_dir, tmp_path):

@@ -197,6 +197,18 @@ def _texts(logs):
     return out
 
 
+def _finish_two(tmp_path, workdir, args, name):
+    """Runs both processes to the end; each must exit 0 without a message of the supervisor."""
+    procs, logs = _run_two(tmp_path, workdir, args, name)
+    try:
+        codes = [p.wait(timeout=400) for p in procs]
+    finally:
+        _stop(procs)
+    for code, text in zip(codes, _texts(logs)):
+        assert code == 0, text[-3000:]
+        assert "error: process" not in text
+
+
 def _manifest(workdir, step):
     path = os.path.join(workdir, "checkpoints", str(step), "manifest", "metadata")
     with open(path) as f:
@@ -209,14 +221,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_is_bit_identica
     steps = 150
     every_step = ["--config.train.log_every=1"]
     args = [a + every_step for a in _two_process_args(tmp_path, steps=steps, every=1000)]
-    procs, logs = _run_two(tmp_path, tmp_path / "ref", args, "ref")
-    try:
-        codes = [p.wait(timeout=400) for p in procs]
-    finally:
-        _stop(procs)
-    for code, text in zip(codes, _texts(logs)):
-        assert code == 0, text[-3000:]
-        assert "error: process" not in text
+    _finish_two(tmp_path, tmp_path / "ref", args, "ref")
     assert supervise.checkpoint_steps(str(tmp_path / "ref")) == [steps]
 
     workdir = tmp_path / "run"
@@ -239,13 +244,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step_and_resume_is_bit_identica
         assert f"stopped by SIGTERM after step {saved} of {steps}" in text, text[-2000:]
 
     args = [a + every_step for a in _two_process_args(tmp_path, steps=steps, every=1000)]
-    procs, logs = _run_two(tmp_path, workdir, args, "resume")
-    try:
-        codes = [p.wait(timeout=400) for p in procs]
-    finally:
-        _stop(procs)
-    for code, text in zip(codes, _texts(logs)):
-        assert code == 0, text[-3000:]
+    _finish_two(tmp_path, workdir, args, "resume")
     assert _manifest(tmp_path / "ref", steps) == _manifest(workdir, steps)
 
 
