@@ -68,7 +68,7 @@ RESUMABLE_CHANGES = ("mesh.", "distributed.", "train.log_every", "train.eval_eve
 def differences(old: ConfigDict | Mapping, new: ConfigDict | Mapping) -> dict[str, tuple]:
     """{dotted key: (old value, new value)} for every key whose value differs (a key present in
     one config only counts, with None for the other)."""
-    a, b = _flat(config_to_dict(old)), _flat(config_to_dict(new))
+    a, b = flat(config_to_dict(old)), flat(config_to_dict(new))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
             if _tuples(a.get(k)) != _tuples(b.get(k))}
 
@@ -108,11 +108,12 @@ def config_to_dict(cfg: ConfigDict | Mapping) -> dict:
     return plain(cfg)
 
 
-def _flat(values: Mapping, prefix: str = "") -> dict[str, Any]:
+def flat(values: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of nested mappings."""
     out = {}
     for key, value in values.items():
         if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -124,7 +125,7 @@ def write_config(cfg: ConfigDict | Mapping, workdir: str) -> str:
     values = config_to_dict(cfg)
     path = os.path.join(workdir, "config.json")
     atomic.write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
-    lines = [f"{k} = {v!r}" for k, v in sorted(_flat(values).items())]
+    lines = [f"{k} = {v!r}" for k, v in sorted(flat(values).items())]
     atomic.write_text(os.path.join(workdir, "config.txt"), "\n".join(lines) + "\n")
     return path
 
@@ -175,8 +176,8 @@ def describe(cfg: ConfigDict | Mapping) -> str:
         f"mesh       data={v['mesh']['data']} fsdp={v['mesh']['fsdp']} "
         f"tensor={v['mesh']['tensor']}",
     ]
-    defaults = _flat(full_schema(v))
-    changed = [f"{k}={_fmt(x)}" for k, x in sorted(_flat(v).items())
+    defaults = flat(full_schema(v))
+    changed = [f"{k}={_fmt(x)}" for k, x in sorted(flat(v).items())
                if k not in defaults or defaults[k] != x]
     lines.append(f"changed    {', '.join(changed) if changed else '(all defaults)'}")
     return "\n".join(lines)

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 
 import numpy as np
 
@@ -29,10 +30,29 @@ from align.train import setup as setup_lib
 REPORT_FILE = "report.md"
 
 
+def _help_epilog() -> str:
+    """The objectives and every config key with its default, for --help."""
+    defaults = config_io.flat(config_lib.default_config().to_dict())
+    lines = ["objectives (--config.objective.name, or the config's objective= argument):",
+             textwrap.fill(", ".join(objectives.names()), width=96, initial_indent="  ",
+                           subsequent_indent="  "),
+             "", "config keys and defaults (override with --config.KEY=VALUE or --config.KEY "
+             "VALUE; objective.* keys depend on the objective, see docs/formulas.md):"]
+    section = None
+    for key, value in sorted(defaults.items()):
+        head = key.split(".")[0]
+        if head != section:
+            section = head
+            lines.append(f"  {head}:")
+        lines.append(f"    {key} = {value!r}")
+    return "\n".join(lines)
+
+
 def parse_args(argv, prog: str = "python -m align.main"):
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Train as a config describes; rerun the same command to resume.")
+        description="Train as a config describes; rerun the same command to resume.",
+        epilog=_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True,
                         help="config file, optionally with structural arguments: configs/x.py:k=v")
     parser.add_argument("--workdir", required=True, help="where checkpoints, metrics and the "
@@ -42,11 +62,18 @@ def parse_args(argv, prog: str = "python -m align.main"):
                         "that change results, and record the change in the workdir's "
                         "config_history.jsonl (without it such a resume is refused)")
     args, rest = parser.parse_known_args(argv)
-    overrides = []
-    for item in rest:
+    overrides, i = [], 0
+    while i < len(rest):
+        item = rest[i]
         if not item.startswith("--config."):
             parser.error(f"unrecognised argument {item!r}; overrides look like --config.optim.lr=3e-4")
+        if "=" not in item:
+            # absl-style "--config.optim.lr 3e-4": the value is the next argument.
+            if i + 1 >= len(rest) or rest[i + 1].startswith("--config."):
+                parser.error(f"{item} has no value; write {item}=VALUE or {item} VALUE")
+            item, i = f"{item}={rest[i + 1]}", i + 1
         overrides.append(item)
+        i += 1
     return args, overrides
 
 

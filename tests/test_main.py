@@ -45,3 +45,28 @@ def test_a_workdir_of_another_objective_is_refused(tmp_path, capsys):
     config_lib.write_config(other, str(tmp_path / "w"))
     code, err = _run(tmp_path, capsys)
     assert code == 2 and "holds a 'dpo' run" in err
+
+
+def test_an_override_may_give_its_value_as_the_next_argument(tmp_path, capsys):
+    args, overrides = main_lib.parse_args(["--config", CONFIG, "--workdir", "w",
+                                           "--config.optim.lr", "3e-4",
+                                           "--config.train.steps=5", "--config.seed", "-1"])
+    assert overrides == ["--config.optim.lr=3e-4", "--config.train.steps=5", "--config.seed=-1"]
+    with pytest.raises(SystemExit):
+        main_lib.parse_args(["--config", CONFIG, "--workdir", "w", "--config.optim.lr"])
+    assert "--config.optim.lr has no value" in capsys.readouterr().err
+    code, err = _run(tmp_path, capsys, "--config.train.steps", "abc")
+    assert code == 2 and "'train.steps' expects int, got str 'abc'" in err
+
+
+def test_help_lists_the_objectives_and_every_config_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        main_lib.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("dpo", "lipo_lambda", "nash_md", "ppo", "grpo"):
+        assert name in out
+    for key in ("optim.lr = ", "train.steps = ", "data.bad_rows = 'error'", "mesh.fsdp = ",
+                "distributed.heartbeat_timeout_s = 100"):
+        assert key in out, key
+    assert "--continue-with-changes" in out
