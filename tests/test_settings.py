@@ -43,7 +43,7 @@ def test_every_number_in_the_schema_has_a_range_and_every_string_a_choice_or_a_r
                                     "init.config", "init.overrides",
                                     "distributed.coordinator_address", "objective.name",
                                     "population.sweep"}  # parsed by align/train/population.py
-    flat = config_io._flat(C.default_config().to_dict())
+    flat = config_io.flat(C.default_config().to_dict())
     for key, value in flat.items():
         if key.startswith("mesh.rules.") or isinstance(value, bool):
             continue
