@@ -8,12 +8,8 @@ Checkpointer opens the directory). Every process calls every method; Orbax lets 
 write shared files.
 
 Verified restore. Beside the state and the JSON host state ("extra"), each step holds a
-manifest: every array's path, shape, dtype and a 64-bit checksum of its bits, the SHA-256 of the
-host state, and the SHA-256 of the manifest itself. The checksum is computed on the devices, in
-whatever sharding the array has, as a sum over elements (mod 2**32) of a mixing hash of (bits,
-flat index), twice with different seeds; an integer sum does not depend on the order of the
-reduction, so it is the same for one device or a mesh, and every single flipped bit changes it.
-On restore the manifest is read first:
+manifest (align/train/manifest.py): every array's shape, dtype and checksum, and the host
+state's digest. On restore the manifest is read first:
 
 - a step whose manifest, arrays or host state do not match (flipped bytes, truncated or
   deleted files), or whose host state the caller rejects (`accept`), is unreadable: it is
@@ -33,8 +29,6 @@ from __future__ import annotations
 import base64
 import datetime
 import errno
-import hashlib
-import json
 import logging
 import operator
 import os
@@ -43,13 +37,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
 from align.errors import CheckpointError  # re-exported: no checkpoint in a directory is readable
+from align.train import manifest as manifest_lib
+from align.train.manifest import DamagedCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +52,7 @@ log = logging.getLogger(__name__)
 _BYTES_TAG = "__bytes__"
 _TUPLE_TAG = "__tuple__"
 _UNREADABLE_SUFFIX = ".unreadable"
-_MANIFEST_FORMAT = 1
 DEBUG_LOG = "debug.log"  # beside the checkpoint directory, i.e. in the run's workdir
-
-
-class DamagedCheckpoint(Exception):
-    """One step's files do not match its manifest (or its host state was rejected)."""
 
 
 class _OrbaxToDebugLog(logging.Filter):
@@ -139,133 +129,6 @@ def _decode(value: Any) -> Any:
             return tuple(_decode(v) for v in value[_TUPLE_TAG])
         return {k: _decode(v) for k, v in value.items()}
     return value
-
-
-def _fmix32(h):
-    """MurmurHash3's 32-bit finaliser: every input bit affects every output bit."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def _words(x):
-    """The bits of `x` as uint32 words: one per element, two (a trailing axis) for 8-byte ones."""
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32)
-    if x.dtype.itemsize == 4:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32)
-    if x.dtype.itemsize in (1, 2):
-        unsigned = jnp.uint8 if x.dtype.itemsize == 1 else jnp.uint16
-        return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    if x.dtype.itemsize == 8:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32)
-    raise TypeError(f"no checksum for dtype {x.dtype}")
-
-
-@jax.jit
-def _block_checksum(x, starts, strides):
-    """Two 32-bit sums of hash(bits, global flat index) over a block of an array's words
-    (`starts`: the block's offset in the global array of words; `strides`: that array's)."""
-    words = _words(x)
-    index = jnp.zeros(words.shape, jnp.uint32)
-    for axis in range(words.ndim):
-        index = index + (starts[axis] + jax.lax.broadcasted_iota(jnp.uint32, words.shape, axis)
-                         ) * strides[axis]
-    sums = []
-    for seed in (0x9E3779B9, 0x7F4A7C15):
-        term = _fmix32(words ^ _fmix32(index * jnp.uint32(0x01000193) + jnp.uint32(seed)))
-        sums.append(jnp.sum(term, dtype=jnp.uint32))
-    return jnp.stack(sums)
-
-
-def _word_shape(leaf) -> tuple[int, ...]:
-    shape = tuple(leaf.shape)
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        return shape + tuple(jax.random.key_data(leaf).shape[len(shape):])
-    itemsize = jnp.dtype(leaf.dtype).itemsize
-    return shape + (2,) if itemsize == 8 and leaf.dtype != jnp.bool_ else shape
-
-
-def _describe(leaf) -> str:
-    return f"{tuple(leaf.shape)} {jnp.dtype(leaf.dtype).name}"
-
-
-def array_checksums(state: Any) -> dict[str, list]:
-    """{path: [shape, dtype, checksum hex]} of every array of `state`.
-
-    Each process sums the blocks it holds (one replica of each), each on its own device, so
-    no computation spans processes; the per-process sums are then added up (mod 2**32) with
-    one all-gather. The result does not depend on the sharding.
-    """
-    flat = jax.tree_util.tree_flatten_with_path(state)[0]
-    paths = [jax.tree_util.keystr(p) for p, _ in flat]
-    leaves = [x if isinstance(x, jax.Array) else jnp.asarray(x) for _, x in flat]
-    pending = []
-    for i, leaf in enumerate(leaves):
-        shape = _word_shape(leaf)
-        strides = [int(np.prod(shape[k + 1:], dtype=np.uint64)) % 2**32 for k in range(len(shape))]
-        for shard in leaf.addressable_shards:
-            if shard.replica_id != 0:
-                continue
-            starts = [sl.start or 0 for sl in shard.index]
-            starts += [0] * (len(shape) - len(starts))
-            pending.append((i, _block_checksum(shard.data, np.asarray(starts, np.uint32),
-                                               np.asarray(strides, np.uint32))))
-    sums = np.zeros((len(leaves), 2), np.uint64)
-    for i, value in pending:
-        sums[i] += np.asarray(value, np.uint64)
-    sums %= 2**32
-    if jax.process_count() > 1:  # uint32 across (jax has no 64-bit integers by default)
-        gathered = multihost_utils.process_allgather(sums.astype(np.uint32))
-        sums = np.sum(np.asarray(gathered, np.uint64), axis=0) % 2**32
-    return {path: [list(leaf.shape), jnp.dtype(leaf.dtype).name,
-                   "".join(f"{int(v):08x}" for v in sums[i])]
-            for i, (path, leaf) in enumerate(zip(paths, leaves))}
-
-
-def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _manifest(state: Any, encoded_extra: Any) -> dict:
-    body = {"format": _MANIFEST_FORMAT, "arrays": array_checksums(state),
-            "extra": _digest(encoded_extra)}
-    return {**body, "self": _digest(body)}
-
-
-def _check_manifest(manifest: Any) -> dict:
-    """The manifest's body; raises DamagedCheckpoint if it is malformed or altered."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("arrays"), dict):
-        raise DamagedCheckpoint("its manifest is malformed")
-    body = {k: v for k, v in manifest.items() if k != "self"}
-    if manifest.get("self") != _digest(body):
-        raise DamagedCheckpoint("its manifest does not match its own checksum (the file was "
-                                "changed or damaged)")
-    if body.get("format") != _MANIFEST_FORMAT:
-        raise DamagedCheckpoint(f"its manifest has format {body.get('format')!r}, expected "
-                                f"{_MANIFEST_FORMAT}")
-    return body
-
-
-def _fit(arrays: Mapping[str, list], abstract: Any) -> list[str]:
-    """How the manifest's arrays differ from the requested state's (empty when they fit)."""
-    wanted = {jax.tree_util.keystr(p): leaf
-              for p, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-    problems = []
-    for path, leaf in wanted.items():
-        if path not in arrays:
-            problems.append(f"{path} is not in the checkpoint")
-        elif (list(leaf.shape), jnp.dtype(leaf.dtype).name) != tuple(arrays[path][:2]):
-            shape, dtype = arrays[path][:2]
-            problems.append(f"{path} is {tuple(shape)} {dtype} there and {_describe(leaf)} here")
-    problems += [f"{path} is in the checkpoint but not in this run's state"
-                 for path in arrays if path not in wanted]
-    return sorted(problems, key=lambda p: not p.startswith("['params']"))  # parameters first
 
 
 def _abstract(abstract_state: Any) -> Any:
@@ -390,7 +253,7 @@ class Checkpointer:
                 step,
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(encoded),
-                    manifest=ocp.args.JsonSave(_manifest(state, encoded))),
+                    manifest=ocp.args.JsonSave(manifest_lib.make(state, encoded))),
                 force=True,  # which steps to save is the caller's decision, not a save policy's
             )
         except Exception as e:  # pylint: disable=broad-except
@@ -493,8 +356,8 @@ class Checkpointer:
         if (self._step_dir(step) / "manifest").exists():
             manifest = self._manager.restore(
                 step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore())).manifest
-            body = _check_manifest(manifest)
-            problems = _fit(body["arrays"], abstract)
+            body = manifest_lib.check(manifest)
+            problems = manifest_lib.fit(body["arrays"], abstract)
             if problems:
                 self._debug(f"checkpoint step {step} in {self.directory} does not fit the "
                             "requested state:\n" + "\n".join(problems))
@@ -514,9 +377,9 @@ class Checkpointer:
         if not isinstance(extra, dict):
             raise DamagedCheckpoint(f"the 'extra' item is {type(extra).__name__}, expected a dict")
         if body is not None:
-            if _digest(extra) != body["extra"]:
+            if manifest_lib.digest(extra) != body["extra"]:
                 raise DamagedCheckpoint("its host state (extra) does not match its checksum")
-            got = array_checksums(state)
+            got = manifest_lib.array_checksums(state)
             bad = [path for path, entry in body["arrays"].items() if got[path][2] != entry[2]]
             if bad:
                 raise DamagedCheckpoint(

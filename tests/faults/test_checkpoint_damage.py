@@ -18,7 +18,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from align.train import checkpoint as ckpt_lib
+from align.train import manifest as manifest_lib
 from align.train.checkpoint import Checkpointer, CheckpointError
 
 # Orbax leaves a tensorstore callback behind when a read fails; it fires on a closed event loop.
@@ -69,29 +69,29 @@ def _restore(directory, mesh, accept=None):
 def test_every_single_bit_flip_changes_the_checksum(dtype):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(3, 5)) * 4).astype(dtype)
-    base = ckpt_lib.array_checksums({"x": x})["['x']"][2]
-    words = ckpt_lib._words(x)
+    base = manifest_lib.array_checksums({"x": x})["['x']"][2]
+    words = manifest_lib.words_of(x)
     bits = 1 if dtype == jnp.bool_ else 8 * jnp.dtype(dtype).itemsize
     flat = np.asarray(words).reshape(-1)
     for i in range(flat.size):
         for b in range(bits):
             flipped = flat.copy()
             flipped[i] ^= np.uint32(1 << b)
-            got = ckpt_lib.array_checksums({"x": jnp.asarray(flipped.reshape(words.shape))})
+            got = manifest_lib.array_checksums({"x": jnp.asarray(flipped.reshape(words.shape))})
             assert got["['x']"][2] != base, (i, b)
 
 
 def test_swapped_elements_and_shardings():
     x = jnp.arange(64.0).reshape(8, 8)
-    base = ckpt_lib.array_checksums({"x": x})["['x']"][2]
+    base = manifest_lib.array_checksums({"x": x})["['x']"][2]
     # Moving values between positions changes the checksum (the index is hashed in).
-    assert ckpt_lib.array_checksums({"x": x.T})["['x']"][2] != base
-    assert ckpt_lib.array_checksums({"x": x[::-1]})["['x']"][2] != base
+    assert manifest_lib.array_checksums({"x": x.T})["['x']"][2] != base
+    assert manifest_lib.array_checksums({"x": x[::-1]})["['x']"][2] != base
     # The same values in any sharding give the same checksum.
     mesh = _mesh()
     for spec in (P("data", "fsdp"), P("fsdp", None), P(None, "data"), P()):
         sharded = jax.device_put(x, NamedSharding(mesh, spec))
-        assert ckpt_lib.array_checksums({"x": sharded})["['x']"][2] == base, spec
+        assert manifest_lib.array_checksums({"x": sharded})["['x']"][2] == base, spec
 
 
 # ------------------------------------------------------------------ damaged steps fall back
